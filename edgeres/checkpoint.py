@@ -1,0 +1,120 @@
+"""edgeres checkpoints: weights plus what is needed to rebuild and preprocess.
+
+A checkpoint is a ``torch.save``-d dict (loadable with ``weights_only=True``)::
+
+    {"format": "edgeres.checkpoint/1", "model": "resnet20", "model_kwargs": {...},
+     "num_classes": 10, "preprocessing": {...}, "state_dict": {...},
+     "edgeres_version": "0.1.0", "meta": {...}}
+
+``meta`` is free-form (training config, epoch, metrics). Training state for resume
+(optimizer, scheduler, RNG) lives under ``"train_state"`` and is ignored here.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeres import __version__
+from edgeres.errors import InputError
+from edgeres.fileio import atomic_path
+from edgeres.preprocessing import Preprocessing
+
+FORMAT = "edgeres.checkpoint/1"
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for export: the module (eval mode), its zoo name and preprocessing."""
+
+    model: Any  # torch.nn.Module
+    name: str
+    preprocessing: Preprocessing
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: Any,
+    name: str,
+    preprocessing: Preprocessing,
+    *,
+    model_kwargs: dict[str, Any] | None = None,
+    meta: dict[str, Any] | None = None,
+    train_state: dict[str, Any] | None = None,
+) -> Path:
+    """Write an edgeres checkpoint atomically."""
+    import torch
+
+    module = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    record: dict[str, Any] = {
+        "format": FORMAT,
+        "model": name,
+        "model_kwargs": dict(model_kwargs or {}),
+        "num_classes": len(preprocessing.class_names) or None,
+        "preprocessing": preprocessing.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
+        "edgeres_version": __version__,
+        "meta": dict(meta or {}),
+    }
+    if train_state is not None:
+        record["train_state"] = train_state
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(record, tmp)
+    return path
+
+
+def read_checkpoint_file(path: str | os.PathLike) -> Any:
+    """``torch.load(weights_only=True)`` with a one-line error for missing, corrupt or unsafe files."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"checkpoint {path} does not exist; check the path")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(
+            f"checkpoint {path} holds objects other than tensors and plain data, which edgeres refuses "
+            f"to unpickle ({first[:160]}); save a state_dict instead"
+        ) from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"checkpoint {path} is corrupt or not a PyTorch file ({first[:160]})") from e
+
+
+def is_edgeres_checkpoint(obj: Any) -> bool:
+    return isinstance(obj, dict) and obj.get("format") == FORMAT
+
+
+def load_checkpoint(path: str | os.PathLike) -> LoadedModel:
+    """Rebuild the model from an edgeres checkpoint (in eval mode)."""
+    from edgeres.models import create_model
+    from edgeres.models.weights import apply_state_dict
+
+    obj = read_checkpoint_file(path)
+    if not is_edgeres_checkpoint(obj):
+        raise InputError(
+            f"{path} is not an edgeres checkpoint (no 'format': {FORMAT!r}); for a torchvision/timm "
+            f"state dict pass a zoo name with --weights {path}"
+        )
+    try:
+        pre = Preprocessing.from_dict(obj["preprocessing"])
+        name = str(obj["model"])
+        kwargs = dict(obj.get("model_kwargs") or {})
+        num_classes = obj.get("num_classes") or pre.num_classes
+        state = obj["state_dict"]
+    except (KeyError, TypeError) as e:
+        raise InputError(f"checkpoint {path} is missing field {e}; it was not written by edgeres") from e
+    model = create_model(name, num_classes=num_classes, **kwargs)
+    apply_state_dict(model, state, source=str(path))
+    model.eval()
+    return LoadedModel(model, name, pre, kwargs, dict(obj.get("meta") or {}), str(path))

@@ -1,0 +1,318 @@
+"""The ``edgeres`` command: a thin Typer layer over the library.
+
+Options default to ``None`` meaning "the model's / target's default". An
+:class:`~edgeres.errors.EdgeresError` becomes one line on stderr and its exit code
+(2: bad usage or input, 1: accuracy regression); anything else is a bug and keeps
+its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edgeres.errors import EdgeresError, UsageError
+
+app = typer.Typer(
+    name="edgeres",
+    help="Edge deployment compiler for ResNet classifiers: train -> ONNX -> INT8 -> TVM/TensorRT -> validate -> bundle.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err = Console(stderr=True)
+
+TargetsDir = typer.Option(None, "--targets-dir", help="Extra directory of target .toml files.")
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def _report_table(report, title: str = "Accuracy") -> Table:
+    t = Table(title=title)
+    for c in ("", "top-1", "top-5"):
+        t.add_column(c, justify="right" if c else "left")
+    t.add_row("FP32 reference (ONNX Runtime)", _pct(report.reference.top1), _pct(report.reference.top5))
+    label = f"artifact ({report.context.get('precision', '?')}, {report.context.get('backend', '?')})"
+    t.add_row(label, _pct(report.artifact.top1), _pct(report.artifact.top5))
+    t.add_row("drop (points)", f"{report.drop_top1:+.2f}", f"{report.drop_top5:+.2f}")
+    t.caption = (f"{report.num_images} images · top-1 agreement {_pct(report.agreement_top1)} · "
+                 f"mean logit cosine {report.mean_cosine:.4f} · max drop {report.max_drop} · "
+                 f"{'PASSED' if report.passed else 'FAILED'}")
+    return t
+
+
+@app.command()
+def models(pattern: Optional[str] = typer.Argument(None, help="fnmatch pattern, e.g. 'resnet*' or 'plain*'.")):
+    """List the model zoo."""
+    from edgeres.models import list_models
+
+    t = Table(title="edgeres model zoo")
+    for c in ("name", "family", "depth", "block", "shortcut", "classes", "input"):
+        t.add_column(c)
+    for m in list_models(pattern):
+        shortcut = m.shortcut_default if m.residual else "none (plain)"
+        t.add_row(m.name, m.family, str(m.depth), m.block, str(shortcut), str(m.default_num_classes),
+                  "x".join(map(str, m.default_input_size)))
+    console.print(t)
+
+
+@app.command()
+def targets(targets_dir: Optional[List[Path]] = TargetsDir):
+    """List the hardware targets (targets/*.toml)."""
+    from edgeres.targets import list_targets
+
+    t = Table(title="edgeres targets")
+    for c in ("name", "backend", "arch", "precisions", "default", "aliases", "description"):
+        t.add_column(c)
+    for tg in list_targets(targets_dir or ()):
+        t.add_row(tg.name, tg.backend, tg.arch, ",".join(tg.precisions), tg.default_precision,
+                  ",".join(tg.aliases), tg.description)
+    console.print(t)
+
+
+@app.command()
+def train(
+    model: str = typer.Argument(..., help="Zoo name, e.g. resnet20, resnet50, plain20."),
+    data: str = typer.Option(..., "--data", help="ImageFolder DIR (DIR/<class>/*.png, or DIR/train + DIR/val), "
+                             "a CIFAR batch dir, a .npz, or 'builtin'."),
+    out: Path = typer.Option(..., "--out", help="Checkpoint file (.pt) or directory (best.pt + last.pt)."),
+    recipe: str = typer.Option("quick", "--recipe", help="quick | cifar-paper | imagenet-paper | finetune"),
+    epochs: Optional[int] = typer.Option(None, "--epochs"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    lr: Optional[float] = typer.Option(None, "--lr"),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay"),
+    init: Optional[Path] = typer.Option(None, "--init", help="Start from a torchvision/timm/edgeres checkpoint."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue from a last.pt checkpoint."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader worker processes."),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N"),
+):
+    """Train (or fine-tune) a zoo model; writes an edgeres checkpoint with its preprocessing."""
+    from edgeres.train import train as train_fn
+
+    overrides = {k: v for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                                        num_workers=workers, seed=seed).items() if v is not None}
+    res = train_fn(model, data, out, recipe=recipe, init=init, resume=resume, device=device, **overrides)
+    console.print(f"[green]trained[/green] {model}: best val top-1 {_pct(res.best_top1)} -> {res.checkpoint}")
+
+
+@app.command()
+def export(
+    source: str = typer.Argument(..., help="edgeres checkpoint, or zoo name with --weights."),
+    out: Path = typer.Option(..., "--out", help="Output .onnx file."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="torchvision-format .pth for a zoo name, or 'random'."),
+    opset: int = typer.Option(17, "--opset"),
+):
+    """Export to ONNX (dynamic batch), checked for parity with PyTorch on ONNX Runtime."""
+    from edgeres.export import OnnxSource, export_onnx, resolve_source
+
+    src = resolve_source(source, weights)
+    if isinstance(src, OnnxSource):
+        raise UsageError(f"{source} is already ONNX; pass it to `edgeres quantize` or `edgeres compile`")
+    res = export_onnx(src, out, opset=opset)
+    console.print(f"[green]exported[/green] {res.model_name} -> {res.path} (opset {res.opset}, "
+                  f"max |ONNX Runtime - PyTorch| {res.max_abs_diff:.2e} at logit scale {res.logit_scale:.2f})")
+
+
+@app.command()
+def quantize(
+    onnx_path: Path = typer.Argument(..., metavar="ONNX", help="FP32 ONNX model exported by edgeres."),
+    calib: Optional[str] = typer.Option(None, "--calib", help="Calibration images (ImageFolder/flat DIR, 'builtin')."),
+    out: Path = typer.Option(..., "--out", help="Output Q/DQ INT8 .onnx."),
+    method: str = typer.Option("entropy", "--method", help="entropy | minmax | percentile | mse"),
+    percentile: float = typer.Option(99.99, "--percentile"),
+    num_calib: int = typer.Option(512, "--num-calib", help="Calibration images to use."),
+    per_channel: bool = typer.Option(True, "--per-channel/--per-tensor"),
+    form: str = typer.Option("cpu", "--form", help="Q/DQ form: cpu (ONNX Runtime/TVM) | tensorrt"),
+    calib_cache: Optional[Path] = typer.Option(None, "--calib-cache", help="Reuse (or write) a calibration cache."),
+):
+    """Quantize an ONNX model to explicit Q/DQ INT8 with calibration images."""
+    from edgeres.export import onnx_source
+    from edgeres.pipeline import _open, calib_batches
+    from edgeres.quantize import quantize as quantize_fn
+
+    src = onnx_source(onnx_path)
+    if calib is None and (calib_cache is None or not calib_cache.is_file()):
+        raise UsageError("pass --calib DIR (calibration images) or an existing --calib-cache FILE")
+    if num_calib < 1:
+        raise UsageError("--num-calib must be at least 1")
+    batches, fingerprint = None, ""
+    if calib:
+        ds = _open(calib, "calib", src.preprocessing, limit=num_calib, allow_unlabelled=True)
+        batches, fingerprint = calib_batches(ds), ds.fingerprint()
+    cache = calib_cache or out.with_suffix(".calib.json")
+    res = quantize_fn(onnx_path, out, batches, data_fingerprint=fingerprint, method=method, form=form,
+                      per_channel=per_channel, percentile=percentile, cache_path=cache)
+    console.print(f"[green]quantized[/green] {onnx_path} -> {res.path} ({res.method}, {res.form} form, "
+                  f"{res.num_quantized_nodes} nodes INT8, {res.num_calib} calibration images"
+                  f"{', cache hit' if res.cache_hit else ''}; cache {res.cache_path})")
+
+
+@app.command(name="compile")
+def compile_cmd(
+    source: str = typer.Argument(..., help="edgeres checkpoint, ONNX file, or zoo name with --weights."),
+    target: str = typer.Option(..., "--target", help="Target name (edgeres targets) or a .toml file."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Bundle directory (default bundles/<model>-<target>-<precision>)."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | fp16 | int8 (default: the target's)."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="For a zoo name: torchvision-format .pth, or 'random'."),
+    calib: Optional[str] = typer.Option(None, "--calib", help="Calibration images for INT8."),
+    val: Optional[str] = typer.Option(None, "--val", help="Labelled images to validate the artifact against FP32."),
+    method: str = typer.Option("entropy", "--method", help="entropy | minmax | percentile | mse"),
+    num_calib: int = typer.Option(512, "--num-calib"),
+    calib_cache: Optional[Path] = typer.Option(None, "--calib-cache"),
+    per_channel: bool = typer.Option(True, "--per-channel/--per-tensor"),
+    max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Top-1 points allowed (default: the target's)."),
+    val_limit: Optional[int] = typer.Option(None, "--val-limit", help="Validate on at most this many images."),
+    targets_dir: Optional[List[Path]] = TargetsDir,
+):
+    """Export, quantize, compile and validate into a deployment bundle."""
+    from edgeres.pipeline import compile_bundle
+
+    if out is None:
+        stem = Path(source).stem if source.endswith((".pt", ".pth", ".onnx")) else source
+        out = Path("bundles") / f"{stem}-{target}-{precision or 'default'}"
+    res = compile_bundle(
+        source, target, out, precision=precision, weights=weights, calib=calib, val=val, method=method,
+        num_calib=num_calib, calib_cache=calib_cache, per_channel=per_channel, max_drop=max_drop,
+        val_limit=val_limit, targets_dirs=tuple(targets_dir or ()), log=lambda s: console.print(f"  {s}"),
+    )
+    if res.report is not None:
+        console.print(_report_table(res.report))
+    for n in res.notes:
+        console.print(f"[yellow]note:[/yellow] {n}")
+    console.print(f"[green]bundle[/green] {res.bundle} ({res.target.name}, {res.precision})")
+
+
+@app.command()
+def validate(
+    bundle: Path = typer.Argument(..., help="Bundle directory from `edgeres compile`."),
+    data: str = typer.Option(..., "--data", help="Labelled images (DIR/<class>/*, or DIR/val/<class>/*), or 'builtin'."),
+    max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Top-1 points allowed (default: the target's)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Use at most this many images."),
+):
+    """Top-1/top-5 of the bundle's artifact vs its FP32 reference; exit 1 when --max-drop is broken."""
+    from edgeres.pipeline import validate_bundle
+
+    report = validate_bundle(bundle, data, max_drop=max_drop, limit=limit)
+    if json_out:
+        report.write(json_out)
+    console.print(_report_table(report))
+    if not report.passed:
+        err.print(f"error: top-1 dropped {report.drop_top1:.2f} points, more than --max-drop {report.max_drop}")
+        raise typer.Exit(1)
+
+
+@app.command()
+def run(
+    bundle: Path = typer.Argument(..., help="Bundle directory."),
+    images: List[Path] = typer.Argument(..., help="Image files."),
+    top_k: int = typer.Option(5, "--top-k"),
+    backend: Optional[str] = typer.Option(None, "--backend", help="Override: 'onnxruntime' runs the bundle's ONNX."),
+):
+    """Classify images with a bundle; prints the top-k classes with scores."""
+    from edgeres.runtime import load
+
+    pred = load(bundle, backend=backend)
+    for path, result in zip(images, pred.classify(images, top_k=top_k)):
+        console.print(f"[bold]{path}[/bold]")
+        for name, p in result:
+            console.print(f"  {p:7.4f}  {name}")
+
+
+@app.command()
+def bench(
+    bundle: Path = typer.Argument(..., help="Bundle directory."),
+    vs: Optional[List[str]] = typer.Option(None, "--vs", help="Peers: onnxruntime, torch (repeatable)."),
+    batch_size: int = typer.Option(1, "--batch-size"),
+    repeats: int = typer.Option(50, "--repeats"),
+):
+    """Median latency of the bundle's artifact beside ONNX Runtime / PyTorch."""
+    from edgeres.bench import measure_latency
+
+    peers = ["artifact"]
+    for v in vs or ["onnxruntime"]:
+        if v == "onnxruntime":
+            peers += ["onnxruntime-fp32", "onnxruntime-int8"]
+        elif v == "torch":
+            peers.append("torch")
+        else:
+            raise UsageError(f"unknown --vs {v!r}; choose onnxruntime or torch")
+    res = measure_latency(bundle, peers, batch_size=batch_size, repeats=repeats)
+    t = Table(title=f"latency, batch {batch_size} (median ms)")
+    t.add_column("runner")
+    t.add_column("ms", justify="right")
+    t.add_column("vs artifact", justify="right")
+    base = res.get("artifact")
+    for k, v in res.items():
+        t.add_row(k, f"{v:.3f}", f"{v / base:.2f}x" if base else "-")
+    console.print(t)
+
+
+@app.command(name="make-data")
+def make_data(
+    out: Path = typer.Argument(..., help="Directory to write DIR/train/<class>/*.png and DIR/val/<class>/*.png."),
+    train_per_class: int = typer.Option(500, "--train-per-class"),
+    val_per_class: int = typer.Option(100, "--val-per-class"),
+    seed: int = typer.Option(0, "--seed"),
+):
+    """Write the built-in data set as an ImageFolder tree (to try the DIR-based commands)."""
+    from edgeres.data.builtin import write_image_folder
+
+    write_image_folder(out, train_per_class, val_per_class, seed=seed)
+    console.print(f"[green]wrote[/green] {out}/train and {out}/val")
+
+
+@app.command()
+def quickstart(
+    workdir: Path = typer.Option(Path("edgeres-quickstart"), "--workdir", help="Where the checkpoint and bundle go."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs (default: the quick recipe's)."),
+    target: str = typer.Option("x86-64-host", "--target"),
+):
+    """Train ResNet-20 on built-in data, compile INT8 with TVM for this CPU, validate, and print the table."""
+    from edgeres.quickstart import run_quickstart
+
+    res = run_quickstart(workdir, epochs=epochs, target=target, log=console.print)
+    console.print(_report_table(res.report, title="edgeres quickstart: ResNet-20 on the built-in data"))
+    t = Table(title="time per stage (s)")
+    t.add_column("stage")
+    t.add_column("s", justify="right")
+    for k, v in res.timings.items():
+        t.add_row(k, f"{v:.1f}")
+    console.print(t)
+    lt = Table(title="batch-1 latency (median ms)")
+    lt.add_column("runner")
+    lt.add_column("ms", justify="right")
+    for k, v in res.latency_ms.items():
+        lt.add_row(k, f"{v:.3f}")
+    console.print(lt)
+    console.print(f"bundle: {res.bundle}   try: edgeres run {res.bundle} IMAGE.png")
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+    return f"warning: {message}\n"
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    warnings.formatwarning = _one_line_warning
+    try:
+        app(args=argv, prog_name="edgeres")
+    except EdgeresError as e:
+        err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

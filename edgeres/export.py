@@ -1,0 +1,226 @@
+"""PyTorch -> ONNX export, checked with onnx.checker and parity-tested on ONNX Runtime.
+
+Also resolves a *model source* (what ``export`` and ``compile`` accept): an edgeres
+checkpoint, an existing ONNX file, or a zoo name with ``--weights FILE|random``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeres import __version__
+from edgeres.checkpoint import LoadedModel, load_checkpoint
+from edgeres.errors import InputError, ParityError, UsageError
+from edgeres.fileio import atomic_path
+from edgeres.preprocessing import Preprocessing, read_onnx_preprocessing, write_onnx_preprocessing
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+MODEL_METADATA_KEY = "edgeres.model"
+DEFAULT_OPSET = 17
+PARITY_RTOL = 1e-4  # max |torch - ort| relative to the logit scale
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    opset: int
+    max_abs_diff: float
+    logit_scale: float
+    seconds: float
+    preprocessing: Preprocessing
+    model_name: str
+
+    @property
+    def relative_diff(self) -> float:
+        return self.max_abs_diff / max(self.logit_scale, 1.0)
+
+
+@dataclass(frozen=True)
+class OnnxSource:
+    """An existing ONNX file given as the model source."""
+
+    path: Path
+    preprocessing: Preprocessing
+    model_name: str
+
+
+def load_onnx(path: str | os.PathLike) -> Any:
+    """Load and check an ONNX file; one-line InputError when missing or corrupt."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"ONNX file {path} does not exist; check the path")
+    try:
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model)
+    except Exception as e:  # onnx raises DecodeError, ValidationError, ...
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise InputError(f"{path} is not a valid ONNX model ({first[:200]}); re-export it") from e
+    if len(model.graph.input) - len(model.graph.initializer) < 1 or len(model.graph.output) != 1:
+        graph_inputs = {i.name for i in model.graph.input} - {i.name for i in model.graph.initializer}
+        if len(graph_inputs) != 1 or len(model.graph.output) != 1:
+            raise InputError(f"{path} must have one image input and one logits output; it has "
+                             f"{len(graph_inputs)} inputs and {len(model.graph.output)} outputs")
+    return model
+
+
+def onnx_input_info(model: Any) -> tuple[str, list[int | str]]:
+    """(name, shape) of the model's image input; symbolic dims are strings."""
+    initializers = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        raise InputError(f"expected one image input, found {[i.name for i in inputs]}")
+    inp = inputs[0]
+    dims: list[int | str] = []
+    for d in inp.type.tensor_type.shape.dim:
+        dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or "N"))
+    if len(dims) != 4 or dims[1] != 3:
+        raise InputError(f"input {inp.name!r} has shape {dims}; edgeres needs an NCHW RGB image input (N,3,H,W)")
+    return inp.name, dims
+
+
+def onnx_source(path: str | os.PathLike, preprocessing: Preprocessing | None = None) -> OnnxSource:
+    """An existing ONNX file as a model source. Without edgeres metadata, ImageNet
+    preprocessing at the file's input size is assumed (with a warning) unless given."""
+    model = load_onnx(path)
+    _, dims = onnx_input_info(model)
+    pre = preprocessing or read_onnx_preprocessing(model)
+    if pre is None:
+        h, w = dims[2], dims[3]
+        if not isinstance(h, int) or not isinstance(w, int):
+            raise InputError(f"{path} has a dynamic image size and no edgeres metadata; pass --input-size H,W")
+        from edgeres.preprocessing import imagenet_preprocessing
+
+        pre = imagenet_preprocessing(h)
+        if h != w:
+            pre = Preprocessing(input_size=(h, w), resize=pre.resize, mean=pre.mean, std=pre.std)
+        out_dim = model.graph.output[0].type.tensor_type.shape.dim
+        n = out_dim[-1].dim_value if out_dim and out_dim[-1].HasField("dim_value") else 0
+        pre = pre.with_classes([str(i) for i in range(n)])
+        warnings.warn(
+            f"{path} carries no edgeres preprocessing; assuming ImageNet mean/std at {h}x{w}. "
+            "Pass --mean/--std/--resize/--labels if that is wrong.",
+            stacklevel=2,
+        )
+    name = "onnx"
+    for prop in model.metadata_props:
+        if prop.key == MODEL_METADATA_KEY:
+            name = json.loads(prop.value).get("name", name)
+    return OnnxSource(Path(path), pre, name)
+
+
+def resolve_source(source: str, weights: str | None = None, **model_kwargs: Any) -> LoadedModel | OnnxSource:
+    """Turn what the user typed into a loaded model or an ONNX source.
+
+    ``source`` is an edgeres checkpoint (.pt), an ONNX file, or a zoo name; a zoo
+    name needs ``weights`` (a torchvision/timm-format file, or ``"random"``).
+    """
+    from edgeres.models import get_model_info
+
+    p = Path(source)
+    if p.suffix.lower() == ".onnx":
+        if weights:
+            raise UsageError("--weights applies to a zoo name, not to an ONNX file")
+        return onnx_source(p)
+    if p.exists() or any(s in source for s in ("/", os.sep)) or p.suffix.lower() in (".pt", ".pth", ".bin", ".ckpt"):
+        if weights:
+            raise UsageError("--weights applies to a zoo name; a checkpoint already holds its weights")
+        return load_checkpoint(p)
+    info = get_model_info(source)  # raises ModelNotFound with suggestions
+    if weights is None:
+        raise UsageError(
+            f"{source} needs weights: train them (edgeres train {source} --data DIR --out runs/{source}.pt), "
+            f"pass a torchvision-format file with --weights FILE.pth, or --weights random for latency tests only"
+        )
+    if weights == "random":
+        from edgeres.models import create_model
+
+        model = create_model(source, **model_kwargs)
+        pre = info.default_preprocessing([str(i) for i in range(info.default_num_classes)])
+        meta = {"weights": "random"}
+    else:
+        from edgeres.models.weights import load_pretrained
+
+        model = load_pretrained(source, Path(weights), **model_kwargs)
+        fc = getattr(model, "fc", None)
+        n = fc.out_features if fc is not None else info.default_num_classes
+        names_ = [str(i) for i in range(n)]
+        pre = info.default_preprocessing(names_)
+        meta = {"weights": str(weights)}
+    model.eval()
+    return LoadedModel(model, source, pre, dict(model_kwargs), meta, source)
+
+
+def export_onnx(
+    loaded: LoadedModel,
+    out: str | os.PathLike,
+    *,
+    opset: int = DEFAULT_OPSET,
+    parity_batch: int = 2,
+    seed: int = 0,
+) -> ExportResult:
+    """Export to ONNX (dynamic batch), check it, and compare with PyTorch on ONNX Runtime.
+
+    Raises ParityError when ONNX Runtime and PyTorch disagree by more than
+    ``PARITY_RTOL`` relative to the logit scale; nothing is written then.
+    """
+    import onnx
+    import torch
+
+    if opset < 17:
+        raise UsageError(f"opset {opset} is too old; edgeres exports opset >= 17")
+    t0 = time.perf_counter()
+    model = loaded.model.eval()
+    h, w = loaded.preprocessing.input_size
+    gen = torch.Generator().manual_seed(seed)
+    example = torch.randn(parity_batch, 3, h, w, generator=gen)
+    buf = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (example,),
+            buf,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "N"}, OUTPUT_NAME: {0: "N"}},
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+        expected = model(example).numpy()
+    proto = onnx.load_from_string(buf.getvalue())
+    write_onnx_preprocessing(proto, loaded.preprocessing)
+    entry = proto.metadata_props.add()
+    entry.key = MODEL_METADATA_KEY
+    entry.value = json.dumps({"name": loaded.name, "model_kwargs": loaded.model_kwargs, "source": loaded.source})
+    proto.producer_name = "edgeres"
+    proto.producer_version = __version__
+    onnx.checker.check_model(proto)
+
+    from edgeres.backends.onnxruntime import session
+
+    sess = session(proto.SerializeToString())
+    got = sess.run(None, {INPUT_NAME: example.numpy()})[0]
+    diff = float(np.max(np.abs(got - expected)))
+    scale = float(np.max(np.abs(expected)))
+    if not np.isfinite(diff) or diff > PARITY_RTOL * max(scale, 1.0):
+        raise ParityError(
+            f"ONNX export of {loaded.name} disagrees with PyTorch: max |diff| {diff:.3g} at logit scale "
+            f"{scale:.3g} (limit {PARITY_RTOL:g} relative); report this model to edgeres"
+        )
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        onnx.save(proto, str(tmp))
+    return ExportResult(out, opset, diff, scale, time.perf_counter() - t0, loaded.preprocessing, loaded.name)

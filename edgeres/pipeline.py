@@ -1,0 +1,265 @@
+"""The chained stages: source -> FP32 ONNX -> (INT8 Q/DQ ONNX) -> backend artifact
+-> validation -> bundle. ``edgeres compile`` and ``edgeres quickstart`` call
+:func:`compile_bundle`; ``edgeres validate`` calls :func:`validate_bundle`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from edgeres.bundle import (
+    ARTIFACT_DIR, CALIB_CACHE, FP32_ONNX, INT8_ONNX, LABELS, REPORT, Bundle, load_bundle, write_manifest,
+)
+from edgeres.errors import AccuracyRegression, UsageError
+from edgeres.evaluate import AccuracyReport, compare
+from edgeres.fileio import atomic_dir, sha256_file
+from edgeres.preprocessing import Preprocessing
+from edgeres.targets import Target, get_target
+
+DEFAULT_NUM_CALIB = 512
+EVAL_BATCH = 64
+
+
+@dataclass
+class CompileResult:
+    bundle: Path
+    target: Target
+    precision: str
+    report: AccuracyReport | None
+    timings: dict[str, float] = field(default_factory=dict)
+    artifact: Any = None
+    notes: list[str] = field(default_factory=list)
+
+
+def resolve_precision(target: Target, precision: str | None) -> str:
+    p = precision or target.default_precision
+    if p not in target.precisions:
+        raise UsageError(f"target {target.name} does not support {p}; choose one of {list(target.precisions)}")
+    return p
+
+
+def _open(spec: str, split: str, pre: Preprocessing, *, limit: int | None, allow_unlabelled: bool = False):
+    from edgeres.data import open_dataset
+
+    return open_dataset(spec, split, pre, class_names=pre.class_names or None, limit=limit,
+                        allow_unlabelled=allow_unlabelled)
+
+
+def calib_batches(ds, batch_size: int = 32) -> Callable[[], Any]:
+    from edgeres.data import iter_batches
+
+    return lambda: (x for x, _ in iter_batches(ds, batch_size))
+
+
+def export_stage(source: Any, dest: Path, preprocessing: Preprocessing | None = None) -> tuple[Preprocessing, str, dict]:
+    """Write the FP32 ONNX for ``source`` (a LoadedModel or OnnxSource) to ``dest``."""
+    from edgeres.export import OnnxSource, export_onnx
+
+    if isinstance(source, OnnxSource):
+        import onnx
+
+        from edgeres.preprocessing import write_onnx_preprocessing
+
+        proto = onnx.load(str(source.path))
+        write_onnx_preprocessing(proto, source.preprocessing)
+        onnx.save(proto, str(dest))
+        return source.preprocessing, source.model_name, {"source": str(source.path), "sha256": sha256_file(source.path)}
+    res = export_onnx(source, dest)
+    info = {"source": source.source, "max_abs_diff": res.max_abs_diff, "logit_scale": res.logit_scale,
+            "opset": res.opset, "seconds": round(res.seconds, 3)}
+    if source.source and Path(source.source).is_file():
+        info["sha256"] = sha256_file(source.source)
+    return res.preprocessing, res.model_name, info
+
+
+def compile_bundle(
+    source: str,
+    target: str | Target,
+    out: str | os.PathLike,
+    *,
+    precision: str | None = None,
+    weights: str | None = None,
+    calib: str | None = None,
+    val: str | None = None,
+    method: str = "entropy",
+    num_calib: int = DEFAULT_NUM_CALIB,
+    calib_cache: str | os.PathLike | None = None,
+    per_channel: bool = True,
+    percentile: float = 99.99,
+    max_drop: float | None = None,
+    val_limit: int | None = None,
+    backend_options: dict[str, Any] | None = None,
+    targets_dirs: tuple[str, ...] = (),
+    log: Callable[[str], None] = lambda s: None,
+) -> CompileResult:
+    """Compile ``source`` for ``target`` into the bundle directory ``out`` (atomically).
+
+    Raises AccuracyRegression (exit 1) after writing the bundle when validation on
+    ``val`` breaks ``max_drop`` (default: the target's threshold).
+    """
+    from edgeres.backends import get_backend
+    from edgeres.export import resolve_source
+
+    tgt = target if isinstance(target, Target) else get_target(target, targets_dirs)
+    prec = resolve_precision(tgt, precision)
+    if prec == "int8" and not calib and not calib_cache:
+        raise UsageError("--precision int8 needs calibration images: pass --calib DIR (or --calib-cache FILE)")
+    if num_calib < 1:
+        raise UsageError("--num-calib must be at least 1")
+    backend = get_backend(tgt.backend, require=False)
+    timings: dict[str, float] = {}
+    notes: list[str] = []
+    src = resolve_source(source, weights)
+    out = Path(out)
+    with atomic_dir(out) as tmp:
+        t = time.perf_counter()
+        pre, model_name, export_info = export_stage(src, tmp / FP32_ONNX)
+        timings["export"] = time.perf_counter() - t
+        log(f"exported FP32 ONNX in {timings['export']:.1f} s")
+        (tmp / LABELS).write_text("".join(f"{c}\n" for c in pre.class_names))
+        deploy_onnx = tmp / FP32_ONNX
+        quant_info: dict[str, Any] | None = None
+        calib_fingerprint = None
+        if prec == "int8":
+            from edgeres.quantize import quantize
+
+            t = time.perf_counter()
+            batches = None
+            fingerprint = ""
+            if calib:
+                cds = _open(calib, "calib", pre, limit=num_calib, allow_unlabelled=True)
+                batches = calib_batches(cds)
+                fingerprint = cds.fingerprint()
+                calib_fingerprint = fingerprint
+            cache_dest = tmp / CALIB_CACHE
+            if calib_cache and Path(calib_cache).is_file():
+                shutil.copyfile(calib_cache, cache_dest)
+            q = quantize(
+                tmp / FP32_ONNX, tmp / INT8_ONNX, batches, data_fingerprint=fingerprint, method=method,
+                form=tgt.qdq_form, per_channel=per_channel, percentile=percentile, cache_path=cache_dest,
+            )
+            if calib_cache and not Path(calib_cache).is_file():
+                shutil.copyfile(cache_dest, calib_cache)
+            deploy_onnx = tmp / INT8_ONNX
+            timings["quantize"] = time.perf_counter() - t
+            quant_info = {"method": q.method, "form": q.form, "per_channel": q.per_channel, "num_calib": q.num_calib,
+                          "quantized_nodes": q.num_quantized_nodes, "excluded": list(q.excluded),
+                          "cache_hit": q.cache_hit, "calib_data": calib, "calib_fingerprint": calib_fingerprint}
+            log(f"quantized INT8 ({method}, {tgt.qdq_form} form) in {timings['quantize']:.1f} s")
+
+        artifact = None
+        recipe = None
+        t = time.perf_counter()
+        buildable, why = _buildable_here(backend, tgt)
+        if buildable:
+            artifact = backend.compile(deploy_onnx, tgt, tmp / ARTIFACT_DIR, precision=prec, options=backend_options)
+            timings["compile"] = time.perf_counter() - t
+            log(f"compiled with {tgt.backend} in {timings['compile']:.1f} s")
+        else:
+            recipe = backend.build_recipe(tgt, prec, deploy_onnx.name)
+            from edgeres.fileio import write_json
+
+            write_json(tmp / "recipe.json", recipe)
+            notes.append(f"not built here ({why}); on the device run: edgeres build-engine {out}")
+
+        report = None
+        if val:
+            t = time.perf_counter()
+            report = _validate(tmp / FP32_ONNX, deploy_onnx, artifact, backend, tgt, pre, val,
+                               max_drop if max_drop is not None else tgt.max_drop, val_limit,
+                               {"model": model_name, "target": tgt.name, "precision": prec})
+            report.write(tmp / REPORT)
+            timings["validate"] = time.perf_counter() - t
+        record = {
+            "model": {"name": model_name, **export_info},
+            "target": tgt.to_dict(),
+            "precision": prec,
+            "preprocessing": pre.to_dict(),
+            "onnx": {"fp32": FP32_ONNX, **({"int8": INT8_ONNX} if prec == "int8" else {})},
+            "quantization": quant_info,
+            "calibration_cache": CALIB_CACHE if prec == "int8" else None,
+            "artifact": artifact.to_dict() if artifact else None,
+            "recipe": "recipe.json" if recipe else None,
+            "validation": ({"report": REPORT, "passed": report.passed, "drop_top1": report.drop_top1,
+                            "data": val} if report else None),
+            "timings": {k: round(v, 3) for k, v in timings.items()},
+        }
+        write_manifest(tmp, record)
+    result = CompileResult(out, tgt, prec, report, timings, artifact, notes)
+    if report is not None and not report.passed:
+        raise AccuracyRegression(
+            f"top-1 dropped {report.drop_top1:.2f} points (limit {report.max_drop}); bundle written to {out} "
+            "with the failing report — try --method percentile/mse, more --num-calib images, or --precision fp32"
+        )
+    return result
+
+
+def _buildable_here(backend: Any, tgt: Target) -> tuple[bool, str]:
+    check = getattr(backend, "check_buildable_here", None)
+    if check is not None:
+        return check(tgt)
+    if not backend.available():
+        from edgeres.errors import BackendUnavailable
+
+        raise BackendUnavailable(
+            f"the {tgt.backend} backend is not available here ({backend.unavailable_reason()}); "
+            f"install it with: pip install 'edgeres[{tgt.backend}]'"
+        )
+    return True, ""
+
+
+def _artifact_runner(artifact: Any, backend: Any, deploy_onnx: Path):
+    if artifact is not None:
+        return backend.load(artifact), f"{artifact.backend}"
+    from edgeres.backends.onnxruntime import make_runner
+
+    return make_runner(deploy_onnx), "onnxruntime (artifact not built here; Q/DQ ONNX on CPU)"
+
+
+def _validate(fp32_onnx: Path, deploy_onnx: Path, artifact: Any, backend: Any, tgt: Target, pre: Preprocessing,
+              data: str, max_drop: float | None, limit: int | None, context: dict[str, Any]) -> AccuracyReport:
+    from edgeres.backends.onnxruntime import make_runner
+    from edgeres.data import iter_batches
+
+    ds = _open(data, "val", pre, limit=limit)
+    reference = make_runner(fp32_onnx)
+    runner, runner_name = _artifact_runner(artifact, backend, deploy_onnx)
+    ctx = {**context, "backend": runner_name, "data": str(data), "data_fingerprint": ds.fingerprint()}
+    return compare(reference, runner, iter_batches(ds, EVAL_BATCH), max_drop=max_drop, context=ctx)
+
+
+def validate_bundle(bundle: str | os.PathLike | Bundle, data: str, *, max_drop: float | None = None,
+                    limit: int | None = None, verify: bool = True) -> AccuracyReport:
+    """Validate a bundle's artifact against its FP32 ONNX on labelled images ``data``.
+
+    ``max_drop`` defaults to the bundle target's threshold. Returns the report; the
+    caller decides what a failure means (the CLI exits 1).
+    """
+    from edgeres.backends import get_backend
+
+    b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, verify=verify)
+    backend = get_backend(b.backend, require=False)
+    art = b.artifact()
+    if art is not None and not backend.available():
+        get_backend(b.backend)  # raises BackendUnavailable with the install hint
+    threshold = max_drop if max_drop is not None else b.manifest["target"].get("max_drop")
+    tgt = get_target_from_manifest(b)
+    ctx = {"model": b.manifest["model"]["name"], "target": b.target_name, "precision": b.precision,
+           "bundle": str(b.root)}
+    return _validate(b.file("fp32"), b.deploy_onnx, art, backend, tgt, b.preprocessing, data, threshold, limit, ctx)
+
+
+def get_target_from_manifest(b: Bundle) -> Target:
+    from edgeres.targets import parse_target
+
+    t = dict(b.manifest["target"])
+    rec = {k: t[k] for k in ("name", "description", "backend", "device", "arch", "precisions",
+                              "default_precision", "qdq_form", "batch_size", "aliases")}
+    rec["thresholds"] = {"max_drop": t["max_drop"]}
+    rec[t["backend"]] = t.get("options", {})
+    return parse_target(rec, f"{b.root}/manifest.json")

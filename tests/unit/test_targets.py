@@ -1,0 +1,80 @@
+import textwrap
+
+import pytest
+
+from edgeres.errors import InputError, TargetNotFound
+from edgeres.targets import get_target, list_targets, load_target_file, parse_target
+
+
+def test_builtin_targets_load_and_validate():
+    names = {t.name for t in list_targets()}
+    assert {"x86-64", "x86-64-host", "onnxruntime-cpu"} <= names
+    t = get_target("x86-64")
+    assert t.backend == "tvm" and t.arch == "x86_64" and "int8" in t.precisions
+    assert t.options["target"]["kind"] == "llvm"
+
+
+def test_alias_resolves():
+    assert get_target("host").name == "x86-64-host"
+    assert get_target("ort").name == "onnxruntime-cpu"
+
+
+def test_target_is_frozen():
+    t = get_target("x86-64")
+    with pytest.raises(Exception):
+        t.name = "other"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        t.options["target"] = {}
+    copy = t.options_dict()
+    copy["target"]["mcpu"] = "znver4"
+    assert t.options["target"]["mcpu"] != "znver4"
+
+
+def test_unknown_target_suggests():
+    with pytest.raises(TargetNotFound, match=r"unknown target 'x86_64'.*Did you mean.*x86-64.*edgeres targets"):
+        get_target("x86_64")
+
+
+@pytest.mark.parametrize(
+    "body, match",
+    [
+        ('name="a"\nbackend="tvm"', "lacks precisions"),
+        ('name="a"\nbackend="cuda"\nprecisions=["fp32"]', "backend 'cuda' is not one of"),
+        ('name="a"\nbackend="tvm"\nprecisions=["int4"]', "precisions must be"),
+        ('name="a"\nbackend="tvm"\nprecisions=["fp32"]\ndefault_precision="int8"', "default_precision"),
+        ('name="a"\nbackend="tvm"\nprecisions=["fp32"]\nbogus=1', "unknown keys"),
+        ('name="a"\nbackend="tvm"\nprecisions=["fp32"]\nbatch_size=0', "batch_size"),
+        ('name = [', "not valid TOML"),
+    ],
+)
+def test_bad_target_files(tmp_path, body, match):
+    f = tmp_path / "t.toml"
+    f.write_text(body)
+    with pytest.raises(InputError, match=match):
+        load_target_file(f)
+
+
+def test_user_dir_and_env_override(tmp_path, monkeypatch):
+    (tmp_path / "mine.toml").write_text(textwrap.dedent("""
+        name = "x86-64"
+        description = "my override"
+        backend = "onnxruntime"
+        precisions = ["fp32"]
+    """))
+    assert get_target("x86-64", [tmp_path]).description == "my override"
+    monkeypatch.setenv("EDGERES_TARGETS_PATH", str(tmp_path))
+    assert get_target("x86-64").description == "my override"
+    with pytest.raises(InputError, match="does not exist"):
+        list_targets([tmp_path / "missing"])
+
+
+def test_path_to_toml_accepted(tmp_path):
+    f = tmp_path / "board.toml"
+    f.write_text('name="board"\nbackend="tvm"\nprecisions=["fp32"]\n[thresholds]\nmax_drop=0.5\n')
+    t = get_target(str(f))
+    assert t.name == "board" and t.max_drop == 0.5 and t.qdq_form == "cpu"
+
+
+def test_parse_defaults():
+    t = parse_target({"name": "g", "backend": "tensorrt", "precisions": ["fp16", "int8"]})
+    assert t.device == "cuda" and t.qdq_form == "tensorrt" and t.default_precision == "fp16"
