@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,11 +82,14 @@ def read_checkpoint_file(path: str | os.PathLike) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(
-            f"checkpoint {path} holds objects other than tensors and plain data, which edgeres refuses "
-            f"to unpickle ({first[:160]}); save a state_dict instead"
-        ) from e
+        text = str(e)
+        m = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if m:
+            raise InputError(
+                f"checkpoint {path} holds a pickled object ({m.group(1)}) that edgeres refuses to unpickle "
+                "(weights_only=True); save only the state_dict and plain data"
+            ) from e
+        raise InputError(f"checkpoint {path} is corrupt or not a PyTorch file (unpickling failed)") from e
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(f"checkpoint {path} is corrupt or not a PyTorch file ({first[:160]})") from e
