@@ -1,0 +1,191 @@
+"""TensorRT build options: the target's ``[tensorrt]`` table plus user overrides, validated.
+
+Pure Python (no TensorRT import): used by the backend, the build recipe and the
+"can this machine build it?" check.
+
+``[tensorrt]`` keys (all optional except ``compute_capability``)::
+
+    compute_capability = "8.7"            # SM version of the target GPU
+    tensorrt = { min = "10.0", max = "11.99" }   # TensorRT versions the target supports
+    jetpack = "..."                       # free text: which JetPack ships which TensorRT
+    device_python = "3.10"                # Python of the device's OS image (Jetson); edgeres needs >= 3.10
+    dla_cores = 2                         # DLA cores on the device (0: none)
+    dla_core = -1                         # DLA core to build for; -1: GPU only
+    workspace_mb = 1024                   # builder workspace memory pool limit
+    batch = { min = 1, opt = 8, max = 32 } # optimization profile for a dynamic batch dimension
+    builds_on = "device" | "host"         # "device": build on the target itself (Jetson)
+    hardware_compatibility = "ampere+"    # optional: engine runs on any Ampere+ GPU (not Jetson)
+    version_compatible = false            # engine runs on later TensorRT versions (lean runtime)
+    int8_allow_fp16 = true                # TensorRT < 11, int8: also enable FP16 for layers without Q/DQ
+    timing_cache = "path"                 # timing cache file; default: timing.cache beside the engine
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+from edgeres.errors import InputError, UsageError
+
+BUILDS_ON = ("device", "host")
+# user-facing spelling -> attribute of trt.HardwareCompatibilityLevel
+HARDWARE_COMPAT = {"ampere+": "AMPERE_PLUS"}
+_KEYS = {
+    "compute_capability", "tensorrt", "jetpack", "device_python", "dla_cores", "dla_core",
+    "workspace_mb", "batch", "builds_on", "hardware_compatibility", "version_compatible",
+    "int8_allow_fp16", "timing_cache", "notes",
+}
+# Keys a user may override per build (``options=`` of compile / build-engine).
+OVERRIDABLE = ("dla_core", "workspace_mb", "batch", "hardware_compatibility", "version_compatible",
+               "int8_allow_fp16", "timing_cache")
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    """``"10.3.0.30"`` -> ``(10, 3, 0, 30)``; raises InputError on anything else."""
+    s = str(text).strip()
+    if not re.fullmatch(r"\d+(\.\d+)*", s):
+        raise InputError(f"{text!r} is not a version number like 10.3 or 8.5.2")
+    return tuple(int(p) for p in s.split("."))
+
+
+def version_in_range(version: str, lo: str, hi: str) -> bool:
+    """Whether ``version`` lies in ``[lo, hi]``, comparing as many components as ``lo``/``hi`` give."""
+    v = parse_version(version)
+    lo_t, hi_t = parse_version(lo), parse_version(hi)
+    return v[: len(lo_t)] >= lo_t and v[: len(hi_t)] <= hi_t
+
+
+@dataclass(frozen=True)
+class TrtOptions:
+    """Validated TensorRT build options for one target (after user overrides)."""
+
+    target: str
+    compute_capability: str
+    trt_min: str
+    trt_max: str
+    builds_on: str
+    dla_cores: int = 0
+    dla_core: int = -1
+    workspace_mb: int = 1024
+    batch_min: int = 1
+    batch_opt: int = 1
+    batch_max: int = 1
+    hardware_compatibility: str | None = None
+    version_compatible: bool = False
+    int8_allow_fp16: bool = True
+    timing_cache: str | None = None  # None: default path beside the engine; "" disables
+    jetpack: str = ""
+    device_python: str = ""
+
+    @property
+    def uses_dla(self) -> bool:
+        return self.dla_core >= 0
+
+    @property
+    def sm(self) -> tuple[int, int]:
+        major, minor = self.compute_capability.split(".")
+        return int(major), int(minor)
+
+    def profile(self) -> tuple[int, int, int]:
+        """(min, opt, max) batch; DLA needs static shapes, so a DLA build pins all three to ``opt``."""
+        if self.uses_dla:
+            return self.batch_opt, self.batch_opt, self.batch_opt
+        return self.batch_min, self.batch_opt, self.batch_max
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _int(where: str, key: str, value: Any, lo: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        raise UsageError(f"{where}: {key} must be an integer >= {lo}, got {value!r}")
+    return value
+
+
+def _bool(where: str, key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise UsageError(f"{where}: {key} must be true or false, got {value!r}")
+    return value
+
+
+def resolve_options(target: Any, options: Mapping[str, Any] | None = None) -> TrtOptions:
+    """Merge ``target.options`` (its ``[tensorrt]`` table) with per-build ``options`` and validate.
+
+    ``options`` may override only :data:`OVERRIDABLE` keys; anything else is a UsageError
+    (never silently ignored).
+    """
+    if getattr(target, "backend", None) != "tensorrt":
+        raise UsageError(f"target {getattr(target, 'name', target)!r} is not a TensorRT target; pick one with backend = \"tensorrt\"")
+    where = f"target {target.name} [tensorrt]"
+    base = dict(target.options_dict() if hasattr(target, "options_dict") else dict(target.options))
+    unknown = sorted(set(base) - _KEYS)
+    if unknown:
+        raise InputError(f"{where} has unknown keys {unknown}; allowed: {sorted(_KEYS)}")
+    overrides = dict(options or {})
+    bad = sorted(set(overrides) - set(OVERRIDABLE))
+    if bad:
+        raise UsageError(f"TensorRT options {bad} cannot be set per build; allowed: {list(OVERRIDABLE)}")
+    merged = {**base, **overrides}
+
+    cc = merged.get("compute_capability")
+    if cc is None:
+        raise InputError(f"{where} lacks compute_capability; add e.g. compute_capability = \"8.7\"")
+    cc = str(cc)
+    if not re.fullmatch(r"\d+\.\d", cc):
+        raise InputError(f"{where}: compute_capability must look like \"8.7\", got {cc!r}")
+    rng = merged.get("tensorrt", {"min": "10.0", "max": "11.99"})
+    if not isinstance(rng, Mapping) or "min" not in rng or "max" not in rng:
+        raise InputError(f"{where}: tensorrt must be a table like {{ min = \"10.0\", max = \"11.99\" }}")
+    trt_min, trt_max = str(rng["min"]), str(rng["max"])
+    if parse_version(trt_min) > parse_version(trt_max):
+        raise InputError(f"{where}: tensorrt.min {trt_min} is above tensorrt.max {trt_max}")
+    builds_on = merged.get("builds_on", "host")
+    if builds_on not in BUILDS_ON:
+        raise InputError(f"{where}: builds_on must be one of {list(BUILDS_ON)}, got {builds_on!r}")
+    dla_cores = _int(where, "dla_cores", merged.get("dla_cores", 0), 0)
+    dla_core = merged.get("dla_core", -1)
+    if isinstance(dla_core, bool) or not isinstance(dla_core, int) or dla_core < -1:
+        raise UsageError(f"{where}: dla_core must be -1 (GPU only) or a DLA core index, got {dla_core!r}")
+    if dla_core >= dla_cores:
+        have = f"has {dla_cores} DLA cores" if dla_cores else "has no DLA"
+        raise UsageError(f"target {target.name} {have}, so dla_core={dla_core} is impossible; use dla_core=-1 (GPU)")
+    workspace_mb = _int(where, "workspace_mb", merged.get("workspace_mb", 1024), 1)
+    batch = merged.get("batch", {"min": 1, "opt": 1, "max": 1})
+    if not isinstance(batch, Mapping) or set(batch) != {"min", "opt", "max"}:
+        raise UsageError(f"{where}: batch must be a table {{ min = 1, opt = 8, max = 32 }}, got {batch!r}")
+    bmin, bopt, bmax = (_int(where, f"batch.{k}", batch[k], 1) for k in ("min", "opt", "max"))
+    if not bmin <= bopt <= bmax:
+        raise UsageError(f"{where}: batch needs min <= opt <= max, got {bmin}/{bopt}/{bmax}")
+    hw = merged.get("hardware_compatibility")
+    if hw in ("", "none"):
+        hw = None
+    if hw is not None and hw not in HARDWARE_COMPAT:
+        raise UsageError(f"{where}: hardware_compatibility must be one of {list(HARDWARE_COMPAT)}, got {hw!r}")
+    if hw is not None and (builds_on == "device" or dla_core >= 0):
+        raise UsageError(f"{where}: hardware_compatibility is for discrete GPUs only (not Jetson or DLA); remove it")
+    vc = _bool(where, "version_compatible", merged.get("version_compatible", False))
+    if vc and dla_core >= 0:
+        raise UsageError(f"{where}: version_compatible engines cannot use DLA; set dla_core=-1 or version_compatible=false")
+    tc = merged.get("timing_cache")
+    if tc is not None and not isinstance(tc, str):
+        raise UsageError(f"{where}: timing_cache must be a file path (or \"\" to disable), got {tc!r}")
+    return TrtOptions(
+        target=target.name,
+        compute_capability=cc,
+        trt_min=trt_min,
+        trt_max=trt_max,
+        builds_on=builds_on,
+        dla_cores=dla_cores,
+        dla_core=dla_core,
+        workspace_mb=workspace_mb,
+        batch_min=bmin,
+        batch_opt=bopt,
+        batch_max=bmax,
+        hardware_compatibility=hw,
+        version_compatible=vc,
+        int8_allow_fp16=_bool(where, "int8_allow_fp16", merged.get("int8_allow_fp16", True)),
+        timing_cache=tc,
+        jetpack=str(merged.get("jetpack", "")),
+        device_python=str(merged.get("device_python", "")),
+    )
