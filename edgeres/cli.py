@@ -8,6 +8,7 @@ its traceback.
 
 from __future__ import annotations
 
+import json
 import sys
 import warnings
 from pathlib import Path
@@ -17,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from edgeres.errors import EdgeresError, UsageError
+from edgeres.errors import AccuracyRegression, EdgeresError, UsageError
 
 app = typer.Typer(
     name="edgeres",
@@ -48,6 +49,15 @@ def _report_table(report, title: str = "Accuracy") -> Table:
                  f"mean logit cosine {report.mean_cosine:.4f} · max drop {report.max_drop} · "
                  f"{'PASSED' if report.passed else 'FAILED'}")
     return t
+
+
+def _print_bundle_report(bundle: Path) -> None:
+    from edgeres.bundle import REPORT
+    from edgeres.evaluate import AccuracyReport
+
+    path = Path(bundle) / REPORT
+    if path.is_file():
+        console.print(_report_table(AccuracyReport.from_dict(json.loads(path.read_text()))))
 
 
 @app.command()
@@ -180,11 +190,15 @@ def compile_cmd(
     if out is None:
         stem = Path(source).stem if source.endswith((".pt", ".pth", ".onnx")) else source
         out = Path("bundles") / f"{stem}-{target}-{precision or 'default'}"
-    res = compile_bundle(
-        source, target, out, precision=precision, weights=weights, calib=calib, val=val, method=method,
-        num_calib=num_calib, calib_cache=calib_cache, per_channel=per_channel, max_drop=max_drop,
-        val_limit=val_limit, targets_dirs=tuple(targets_dir or ()), log=lambda s: console.print(f"  {s}"),
-    )
+    try:
+        res = compile_bundle(
+            source, target, out, precision=precision, weights=weights, calib=calib, val=val, method=method,
+            num_calib=num_calib, calib_cache=calib_cache, per_channel=per_channel, max_drop=max_drop,
+            val_limit=val_limit, targets_dirs=tuple(targets_dir or ()), log=lambda s: console.print(f"  {s}"),
+        )
+    except AccuracyRegression:
+        _print_bundle_report(out)
+        raise
     if res.report is not None:
         console.print(_report_table(res.report))
     for n in res.notes:
@@ -296,6 +310,11 @@ def quickstart(
         lt.add_row(k, f"{v:.3f}")
     console.print(lt)
     console.print(f"bundle: {res.bundle}   try: edgeres run {res.bundle} IMAGE.png")
+
+
+from edgeres import cli_deploy  # noqa: E402
+
+cli_deploy.register(app, console)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001

@@ -15,13 +15,14 @@ from typing import Any, Callable
 from edgeres.bundle import (
     ARTIFACT_DIR, CALIB_CACHE, FP32_ONNX, INT8_ONNX, LABELS, REPORT, Bundle, load_bundle, write_manifest,
 )
-from edgeres.errors import AccuracyRegression, UsageError
+from edgeres.errors import AccuracyRegression, CompileError, UsageError
 from edgeres.evaluate import AccuracyReport, compare
-from edgeres.fileio import atomic_dir, sha256_file
+from edgeres.fileio import atomic_dir, sha256_file, write_json
 from edgeres.preprocessing import Preprocessing
 from edgeres.targets import Target, get_target
 
 DEFAULT_NUM_CALIB = 512
+RECIPE = "recipe.json"
 EVAL_BATCH = 64
 
 
@@ -154,18 +155,21 @@ def compile_bundle(
 
         artifact = None
         recipe = None
+        conformance = None
+        if tgt.backend == "tensorrt" and prec == "int8":
+            conformance = _tensorrt_conformance(deploy_onnx)
         t = time.perf_counter()
-        buildable, why = _buildable_here(backend, tgt)
+        buildable, why = _buildable_here(backend, tgt, backend_options, str(out))
         if buildable:
             artifact = backend.compile(deploy_onnx, tgt, tmp / ARTIFACT_DIR, precision=prec, options=backend_options)
             timings["compile"] = time.perf_counter() - t
             log(f"compiled with {tgt.backend} in {timings['compile']:.1f} s")
         else:
-            recipe = backend.build_recipe(tgt, prec, deploy_onnx.name)
-            from edgeres.fileio import write_json
-
-            write_json(tmp / "recipe.json", recipe)
-            notes.append(f"not built here ({why}); on the device run: edgeres build-engine {out}")
+            recipe = backend.build_recipe(tgt, prec, deploy_onnx.name, input_chw=(3, *pre.input_size),
+                                          options=backend_options, bundle=str(out))
+            write_json(tmp / RECIPE, recipe)
+            notes.append(f"engine not built here ({why})")
+        _write_app_example(tgt, tmp)
 
         report = None
         if val:
@@ -184,7 +188,9 @@ def compile_bundle(
             "quantization": quant_info,
             "calibration_cache": CALIB_CACHE if prec == "int8" else None,
             "artifact": artifact.to_dict() if artifact else None,
-            "recipe": "recipe.json" if recipe else None,
+            "recipe": RECIPE if recipe else None,
+            "conformance": conformance,
+            "backend_options": backend_options or {},
             "validation": ({"report": REPORT, "passed": report.passed, "drop_top1": report.drop_top1,
                             "data": val} if report else None),
             "timings": {k: round(v, 3) for k, v in timings.items()},
@@ -199,10 +205,10 @@ def compile_bundle(
     return result
 
 
-def _buildable_here(backend: Any, tgt: Target) -> tuple[bool, str]:
+def _buildable_here(backend: Any, tgt: Target, options: dict[str, Any] | None, bundle: str) -> tuple[bool, str]:
     check = getattr(backend, "check_buildable_here", None)
     if check is not None:
-        return check(tgt)
+        return check(tgt, options, bundle=bundle)
     if not backend.available():
         from edgeres.errors import BackendUnavailable
 
@@ -213,12 +219,36 @@ def _buildable_here(backend: Any, tgt: Target) -> tuple[bool, str]:
     return True, ""
 
 
+def _tensorrt_conformance(onnx_path: Path) -> dict[str, Any]:
+    """The GPU-free Q/DQ check (structural rules + TensorRT parser where installed); a failure
+    here is a quantizer bug, never something to ship."""
+    from edgeres.conformance import check_qdq, format_report
+
+    rep = check_qdq(onnx_path)
+    if not rep.ok:
+        raise CompileError(f"the Q/DQ model fails TensorRT's rules: {format_report(rep).splitlines()[0]}; "
+                           "please report this to edgeres with the model")
+    return rep.to_dict()
+
+
+def _write_app_example(tgt: Target, root: Path) -> None:
+    """The embedded-integration example an application starts from (C++ for TVM and TensorRT)."""
+    if tgt.backend == "tvm":
+        from edgeres.cpp_runner import write_cpp_runner
+
+        write_cpp_runner(root)
+    elif tgt.backend == "tensorrt":
+        from edgeres.backends.tensorrt import copy_cpp_template
+
+        copy_cpp_template(root / "cpp")
+
+
 def _artifact_runner(artifact: Any, backend: Any, deploy_onnx: Path):
     if artifact is not None:
         return backend.load(artifact), f"{artifact.backend}"
     from edgeres.backends.onnxruntime import make_runner
 
-    return make_runner(deploy_onnx), "onnxruntime (artifact not built here; Q/DQ ONNX on CPU)"
+    return make_runner(deploy_onnx), "onnxruntime Q/DQ (engine not built here)"
 
 
 def _validate(fp32_onnx: Path, deploy_onnx: Path, artifact: Any, backend: Any, tgt: Target, pre: Preprocessing,

@@ -1,0 +1,146 @@
+"""The whole pipeline on a real ResNet-20 trained briefly on the built-in data:
+export -> INT8 (entropy) -> TVM -> validate -> bundle -> runtime / CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tvm")
+
+INT8_MAX_DROP = 3.0  # stated bound for the INT8 top-1 drop (points) on held-out built-in data
+
+
+@pytest.fixture(scope="module")
+def r20_bundle(trained_r20, tmp_path_factory):
+    from edgeres.pipeline import compile_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "r20-x86-int8"
+    res = compile_bundle(str(trained_r20), "x86-64", out, precision="int8", calib="builtin", val="builtin",
+                         num_calib=256, max_drop=INT8_MAX_DROP)
+    return out, res
+
+
+def test_bundle_contents_and_manifest(r20_bundle):
+    from edgeres.bundle import load_bundle
+
+    out, res = r20_bundle
+    names = {p.name for p in out.iterdir()}
+    assert {"manifest.json", "model.fp32.onnx", "model.int8.onnx", "calibration.json", "report.json",
+            "labels.txt", "artifact"} <= names
+    b = load_bundle(out)  # verifies every sha256
+    m = b.manifest
+    assert m["precision"] == "int8" and m["target"]["name"] == "x86-64"
+    assert set(m["files"]) >= {"model.fp32.onnx", "model.int8.onnx", "artifact/model.so"}
+    assert m["versions"]["onnxruntime"] and m["versions"]["apache-tvm"] and m["versions"]["torch"]
+    assert m["preprocessing"]["input_size"] == [32, 32] and len(m["preprocessing"]["class_names"]) == 10
+    assert m["model"]["name"] == "resnet20" and m["model"]["max_abs_diff"] < 1e-3
+    assert m["quantization"]["method"] == "entropy" and m["quantization"]["num_calib"] == 256
+    assert {"export", "quantize", "compile", "validate"} <= set(m["timings"])
+    assert (out / "labels.txt").read_text().split() == list(b.class_names)
+
+
+def test_int8_accuracy_within_bound_of_fp32(r20_bundle):
+    out, res = r20_bundle
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["num_images"] == 1000  # builtin val: 100 per class
+    assert rep["reference"]["top1"] > 0.5, "the model did not learn (chance is 0.1)"
+    assert rep["drop_top1"] <= INT8_MAX_DROP and rep["passed"]
+    assert rep["agreement_top1"] >= 0.9
+    assert rep["artifact"]["top5"] >= rep["artifact"]["top1"]
+
+
+def test_tvm_artifact_matches_onnxruntime_on_the_same_qdq_model(r20_bundle):
+    from edgeres.backends.onnxruntime import make_runner
+    from edgeres.data import iter_batches, open_dataset
+    from edgeres.runtime import load
+
+    out, _ = r20_bundle
+    pred = load(out)
+    assert pred.backend == "tvm"
+    ds = open_dataset("builtin", "val", pred.preprocessing, class_names=pred.class_names, limit=64)
+    x, _ = next(iter_batches(ds, 64))
+    tvm_logits = pred.predict(x)
+    ort_logits = make_runner(out / "model.int8.onnx")(x)
+    scale = np.abs(ort_logits).max()
+    assert (tvm_logits.argmax(1) == ort_logits.argmax(1)).mean() >= 0.98
+    assert np.median(np.abs(tvm_logits - ort_logits)) < 1e-3 * scale
+
+
+def test_runtime_and_run_command_classify_pngs(r20_bundle, shapes_dir, cli):
+    from edgeres.runtime import load
+
+    out, _ = r20_bundle
+    imgs = sorted((shapes_dir / "val").glob("*/*.png"))[:: 20][:5]
+    top = load(out).classify(imgs, top_k=5)
+    assert len(top) == 5 and all(len(t) == 5 for t in top)
+    assert all(abs(sum(p for _, p in t) - 1) < 0.5 for t in top)
+    hits = sum(t[0][0] == img.parent.name for t, img in zip(top, imgs))
+    assert hits >= 3  # the model learned; images from the ImageFolder tree
+    r = cli("run", out, *imgs[:2])
+    assert r.returncode == 0, r.stderr
+    assert str(imgs[0]) in r.stdout and top[0][0][0] in r.stdout
+
+
+def test_validate_cli_exit_codes_and_json(r20_bundle, tmp_path, cli):
+    out, _ = r20_bundle
+    report = tmp_path / "report.json"
+    r = cli("validate", out, "--data", "builtin", "--max-drop", "100", "--json", report, "--limit", "300")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(report.read_text())
+    for key in ("reference", "artifact", "drop_top1", "agreement_top1", "num_images", "passed"):
+        assert key in rep
+    assert rep["num_images"] == 300 and rep["passed"] is True
+    assert 0 <= rep["artifact"]["top1"] <= 1 and 0 <= rep["reference"]["top5"] <= 1
+
+
+def test_tampered_bundle_is_refused(r20_bundle, tmp_path):
+    import shutil
+
+    from edgeres.bundle import load_bundle
+    from edgeres.errors import InputError
+
+    out, _ = r20_bundle
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    with open(copy / "model.int8.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(InputError, match="model.int8.onnx does not match its sha256"):
+        load_bundle(copy)
+    (copy / "model.int8.onnx").unlink()
+    with pytest.raises(InputError, match="model.int8.onnx is missing"):
+        load_bundle(copy)
+
+
+def test_interrupted_compile_leaves_nothing(trained_r20, tmp_path, monkeypatch):
+    import edgeres.backends.onnxruntime as ortb
+    from edgeres.pipeline import compile_bundle
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ortb, "compile", boom)
+    out = tmp_path / "b"
+    with pytest.raises(KeyboardInterrupt):
+        compile_bundle(str(trained_r20), "onnxruntime-cpu", out, precision="fp32")
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_accuracy_regression_exits_1_with_the_report(fragile_r20, tmp_path, cli):
+    """Plain min/max per-tensor INT8 breaks the INT8-hostile model: compile writes the
+    bundle with the failing report and exits 1; validate exits 1 too."""
+    out = tmp_path / "fragile"
+    r = cli("compile", fragile_r20, "--target", "onnxruntime-cpu", "--precision", "int8", "--calib", "builtin",
+            "--num-calib", "128", "--method", "minmax", "--val", "builtin", "--val-limit", "300",
+            "--max-drop", "1.0", "--out", out)
+    assert r.returncode == 1, (r.stdout[-2000:], r.stderr[-2000:])
+    assert "top-1 dropped" in r.stderr and "Traceback" not in r.stderr
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["passed"] is False and rep["drop_top1"] > 1.0
+    r = cli("validate", out, "--data", "builtin", "--limit", "300", "--max-drop", "1.0")
+    assert r.returncode == 1
+    r = cli("validate", out, "--data", "builtin", "--limit", "300", "--max-drop", "100")
+    assert r.returncode == 0
