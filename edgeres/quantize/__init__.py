@@ -113,7 +113,7 @@ def quantize(
     out: Path,
     calib_batches: Callable[[], Iterable[np.ndarray]] | None,
     *,
-    data_fingerprint: str,
+    data_fingerprint: str | None,
     method: str = "entropy",
     form: str = "cpu",
     per_channel: bool = True,
@@ -158,7 +158,7 @@ def quantize(
                 "pass calibration images (or an existing --calib-cache)"
             )
         stats, num_calib = collect_stats(model, wanted, calib_batches, num_bins=num_bins)
-        cache = CalibCache(model_sha, data_fingerprint, num_bins, num_calib, stats)
+        cache = CalibCache(model_sha, data_fingerprint or "", num_bins, num_calib, stats)
     key = ranges_key(method, form, percentile)
     if key not in cache.ranges:
         sym = form == "tensorrt"

@@ -54,8 +54,10 @@ def _fix() -> str:
     return "delete it or pass --calib-cache to a new file"
 
 
-def load_cache(path: Path, *, model_sha256: str, data_fingerprint: str, num_bins: int) -> CalibCache | None:
+def load_cache(path: Path, *, model_sha256: str, data_fingerprint: str | None, num_bins: int) -> CalibCache | None:
     """The cache at ``path`` (None if there is no file).
+
+    ``data_fingerprint=None`` means no calibration data was given: the cache's data is accepted.
 
     Raises :class:`InputError` when the file is corrupt or was made for another model,
     data set or histogram resolution.
@@ -83,7 +85,7 @@ def load_cache(path: Path, *, model_sha256: str, data_fingerprint: str, num_bins
     why = []
     if cache.model_sha256 != model_sha256:
         why.append(f"model sha256 {cache.model_sha256[:12]}… is not {model_sha256[:12]}…")
-    if cache.data_fingerprint != data_fingerprint:
+    if data_fingerprint is not None and cache.data_fingerprint != data_fingerprint:
         why.append(f"data fingerprint {cache.data_fingerprint!r} is not {data_fingerprint!r}")
     if why:
         raise InputError(f"calibration cache {path} was made for another model/data ({'; '.join(why)}); {_fix()}")

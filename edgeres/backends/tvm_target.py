@@ -1,0 +1,141 @@
+"""TVM backend options: the ``[tvm]`` table of a target, checked and resolved.
+
+The table is passed through verbatim except for what edgeres adds on top:
+
+``target``      the ``tvm.target.Target`` dict (``{kind="llvm", mtriple=..., mcpu=...}``);
+                ``mcpu = "native"`` means this machine's CPU, resolved to the name LLVM
+                detects (e.g. ``"znver3"``, ``"sapphirerapids"``).
+``layout``      ``"NCHW"`` (default) or ``"NHWC"``: the convolution layout TVM compiles.
+                NHWC vectorizes over output channels, which suits narrow vector units
+                (SSE) and late ResNet stages whose 7- or 14-wide rows vectorize badly;
+                NCHW is faster with AVX2 and wider.
+``schedule``    ``"builtin"`` (default): edgeres' deterministic CPU schedule for every
+                operator a tuning database does not cover; ``"none"``: TVM's naive default
+                lowering (single thread, no blocking; slow, for debugging).
+``tuning_db``   a MetaSchedule database directory (``database_workload.json`` +
+                ``database_tuning_record.json``) whose schedules are applied at compile time.
+``threads``     runtime threads for the TVM thread pool (default: TVM's own choice).
+
+Nothing here imports tvm at module level.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from edgeres.errors import InputError, UsageError
+
+LAYOUTS = ("NCHW", "NHWC")
+SCHEDULES = ("builtin", "none")
+OPTION_KEYS = ("target", "layout", "schedule", "tuning_db", "threads")
+TUNING_DB_FILES = ("database_workload.json", "database_tuning_record.json")
+
+
+@dataclass(frozen=True)
+class TvmOptions:
+    """The resolved ``[tvm]`` options of one compile."""
+
+    target: dict[str, Any]  # as given (``mcpu`` may still say "native")
+    layout: str = "NCHW"
+    schedule: str = "builtin"
+    tuning_db: Path | None = None
+    threads: int | None = None
+
+
+def parse_options(target: Any, options: Mapping[str, Any] | None = None) -> TvmOptions:
+    """Merge ``target.options`` (the ``[tvm]`` table) with ``options`` (which win) and validate them."""
+    merged: dict[str, Any] = dict(target.options_dict()) if target is not None else {}
+    merged.update(dict(options or {}))
+    where = f"TVM options of target {getattr(target, 'name', '?')!r}"
+    unknown = sorted(set(merged) - set(OPTION_KEYS))
+    if unknown:
+        raise UsageError(f"{where}: unknown keys {unknown}; allowed: {list(OPTION_KEYS)}")
+    tvm_target = merged.get("target", {"kind": "llvm"})
+    if isinstance(tvm_target, str) or not isinstance(tvm_target, Mapping) or "kind" not in tvm_target:
+        raise UsageError(f"{where}: target must be a table such as {{ kind = \"llvm\", mcpu = \"native\" }}, "
+                         f"got {tvm_target!r} (TVM 0.27 rejects \"llvm -mcpu=...\" strings)")
+    layout = str(merged.get("layout", "NCHW")).upper()
+    if layout not in LAYOUTS:
+        raise UsageError(f"{where}: layout must be one of {list(LAYOUTS)}, got {merged.get('layout')!r}")
+    schedule = str(merged.get("schedule", "builtin"))
+    if schedule not in SCHEDULES:
+        raise UsageError(f"{where}: schedule must be one of {list(SCHEDULES)}, got {schedule!r}")
+    threads = merged.get("threads")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise UsageError(f"{where}: threads must be a positive integer, got {threads!r}")
+    db = merged.get("tuning_db")
+    db_path = check_tuning_db(db) if db else None
+    return TvmOptions(target=_thaw(tvm_target), layout=layout, schedule=schedule, tuning_db=db_path,
+                      threads=threads)
+
+
+def check_tuning_db(path: str | Path) -> Path:
+    """Return ``path`` if it is a MetaSchedule database directory, else raise InputError."""
+    p = Path(path)
+    missing = [n for n in TUNING_DB_FILES if not (p / n).is_file()]
+    if not p.is_dir() or missing:
+        raise InputError(f"tuning database {p} is not a MetaSchedule work directory (missing "
+                         f"{missing[0] if p.is_dir() else 'the directory'}); pass the work_dir a tuning run wrote")
+    return p
+
+
+def _thaw(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _thaw(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_thaw(v) for v in value]
+    return value
+
+
+def host_cpu() -> str:
+    """The host CPU name as LLVM detects it (``llvm_get_system_cpu``), e.g. ``"znver3"``."""
+    from tvm.target import codegen
+
+    return str(codegen.llvm_get_system_cpu())
+
+
+def resolve_target_dict(tvm_target: Mapping[str, Any], *, cross: bool, target_name: str = "?") -> dict[str, Any]:
+    """A copy of ``tvm_target`` with ``mcpu = "native"`` replaced by the host CPU name.
+
+    ``cross`` says the target runs on another architecture, where "native" means nothing.
+    """
+    resolved = _thaw(tvm_target)
+    if str(resolved.get("mcpu", "")).lower() == "native":
+        if cross:
+            raise UsageError(f"target {target_name!r} is for another CPU architecture, so mcpu = \"native\" "
+                             "(this machine's CPU) cannot apply; name the target CPU, e.g. mcpu = \"cortex-a72\"")
+        resolved["mcpu"] = host_cpu()
+    return resolved
+
+
+def check_mcpu(tvm_target: Mapping[str, Any]) -> None:
+    """UsageError when LLVM does not know ``mcpu`` for ``mtriple`` (LLVM would silently use "generic")."""
+    import difflib
+
+    from tvm.target import codegen
+
+    mcpu, triple = tvm_target.get("mcpu"), tvm_target.get("mtriple")
+    if tvm_target.get("kind") != "llvm" or not mcpu or not triple:
+        return
+    if codegen.llvm_is_valid_cpu(str(mcpu), str(triple)):
+        return
+    import tvm
+
+    names = [str(n) for n in codegen.llvm_get_cpu_archlist(tvm.target.Target({"kind": "llvm", "mtriple": triple}))]
+    close = difflib.get_close_matches(str(mcpu), names, n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    raise UsageError(f"LLVM does not know mcpu {mcpu!r} for {triple}{hint}; fix the [tvm] target table")
+
+
+def make_target(tvm_target: Mapping[str, Any]) -> Any:
+    """``tvm.target.Target`` from a dict; UsageError with TVM's reason if it rejects it."""
+    import tvm
+
+    check_mcpu(tvm_target)
+    try:
+        return tvm.target.Target(dict(tvm_target))
+    except Exception as e:  # noqa: BLE001 - TVM raises several types for bad targets
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise UsageError(f"TVM rejects the target {dict(tvm_target)}: {reason}; fix the [tvm] target table") from e
