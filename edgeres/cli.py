@@ -71,7 +71,7 @@ def models(pattern: Optional[str] = typer.Argument(None, help="fnmatch pattern, 
     for m in list_models(pattern):
         shortcut = m.shortcut_default if m.residual else "none (plain)"
         t.add_row(m.name, m.family, str(m.depth), m.block, str(shortcut), str(m.default_num_classes),
-                  "x".join(map(str, m.default_input_size)))
+                  f"{m.default_input_size}x{m.default_input_size}")
     console.print(t)
 
 
@@ -133,40 +133,6 @@ def export(
                   f"max |ONNX Runtime - PyTorch| {res.max_abs_diff:.2e} at logit scale {res.logit_scale:.2f})")
 
 
-@app.command()
-def quantize(
-    onnx_path: Path = typer.Argument(..., metavar="ONNX", help="FP32 ONNX model exported by edgeres."),
-    calib: Optional[str] = typer.Option(None, "--calib", help="Calibration images (ImageFolder/flat DIR, 'builtin')."),
-    out: Path = typer.Option(..., "--out", help="Output Q/DQ INT8 .onnx."),
-    method: str = typer.Option("entropy", "--method", help="entropy | minmax | percentile | mse"),
-    percentile: float = typer.Option(99.99, "--percentile"),
-    num_calib: int = typer.Option(512, "--num-calib", help="Calibration images to use."),
-    per_channel: bool = typer.Option(True, "--per-channel/--per-tensor"),
-    form: str = typer.Option("cpu", "--form", help="Q/DQ form: cpu (ONNX Runtime/TVM) | tensorrt"),
-    calib_cache: Optional[Path] = typer.Option(None, "--calib-cache", help="Reuse (or write) a calibration cache."),
-):
-    """Quantize an ONNX model to explicit Q/DQ INT8 with calibration images."""
-    from edgeres.export import onnx_source
-    from edgeres.pipeline import _open, calib_batches
-    from edgeres.quantize import quantize as quantize_fn
-
-    src = onnx_source(onnx_path)
-    if calib is None and (calib_cache is None or not calib_cache.is_file()):
-        raise UsageError("pass --calib DIR (calibration images) or an existing --calib-cache FILE")
-    if num_calib < 1:
-        raise UsageError("--num-calib must be at least 1")
-    batches, fingerprint = None, ""
-    if calib:
-        ds = _open(calib, "calib", src.preprocessing, limit=num_calib, allow_unlabelled=True)
-        batches, fingerprint = calib_batches(ds), ds.fingerprint()
-    cache = calib_cache or out.with_suffix(".calib.json")
-    res = quantize_fn(onnx_path, out, batches, data_fingerprint=fingerprint, method=method, form=form,
-                      per_channel=per_channel, percentile=percentile, cache_path=cache)
-    console.print(f"[green]quantized[/green] {onnx_path} -> {res.path} ({res.method}, {res.form} form, "
-                  f"{res.num_quantized_nodes} nodes INT8, {res.num_calib} calibration images"
-                  f"{', cache hit' if res.cache_hit else ''}; cache {res.cache_path})")
-
-
 @app.command(name="compile")
 def compile_cmd(
     source: str = typer.Argument(..., help="edgeres checkpoint, ONNX file, or zoo name with --weights."),
@@ -182,6 +148,8 @@ def compile_cmd(
     per_channel: bool = typer.Option(True, "--per-channel/--per-tensor"),
     max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Top-1 points allowed (default: the target's)."),
     val_limit: Optional[int] = typer.Option(None, "--val-limit", help="Validate on at most this many images."),
+    tuning_db: Optional[Path] = typer.Option(None, "--tuning-db", help="TVM MetaSchedule database (edgeres tune)."),
+    option: Optional[List[str]] = typer.Option(None, "--option", help="Backend option key=value (threads=4, layout=NHWC, dla_core=0)."),
     targets_dir: Optional[List[Path]] = TargetsDir,
 ):
     """Export, quantize, compile and validate into a deployment bundle."""
@@ -195,6 +163,7 @@ def compile_cmd(
             source, target, out, precision=precision, weights=weights, calib=calib, val=val, method=method,
             num_calib=num_calib, calib_cache=calib_cache, per_channel=per_channel, max_drop=max_drop,
             val_limit=val_limit, targets_dirs=tuple(targets_dir or ()), log=lambda s: console.print(f"  {s}"),
+            backend_options=_backend_options(option, tuning_db),
         )
     except AccuracyRegression:
         _print_bundle_report(out)
@@ -204,6 +173,17 @@ def compile_cmd(
     for n in res.notes:
         console.print(f"[yellow]note:[/yellow] {n}")
     console.print(f"[green]bundle[/green] {res.bundle} ({res.target.name}, {res.precision})")
+
+
+def _backend_options(option: Optional[List[str]], tuning_db: Optional[Path]) -> Optional[dict]:
+    from edgeres.cli_deploy import parse_options
+
+    opts = parse_options(option)
+    if tuning_db is not None:
+        if not tuning_db.is_dir():
+            raise UsageError(f"--tuning-db {tuning_db} is not a directory; create one with `edgeres tune`")
+        opts["tuning_db"] = str(tuning_db)
+    return opts or None
 
 
 @app.command()
@@ -312,8 +292,9 @@ def quickstart(
     console.print(f"bundle: {res.bundle}   try: edgeres run {res.bundle} IMAGE.png")
 
 
-from edgeres import cli_deploy  # noqa: E402
+from edgeres import cli_deploy, cli_quantize  # noqa: E402
 
+cli_quantize.register(app, console)
 cli_deploy.register(app, console)
 
 

@@ -117,41 +117,41 @@ def compile_bundle(
     notes: list[str] = []
     src = resolve_source(source, weights)
     out = Path(out)
+    threshold = max_drop if max_drop is not None else tgt.max_drop
+    val_ds = None
     with atomic_dir(out) as tmp:
         t = time.perf_counter()
         pre, model_name, export_info = export_stage(src, tmp / FP32_ONNX)
         timings["export"] = time.perf_counter() - t
         log(f"exported FP32 ONNX in {timings['export']:.1f} s")
         (tmp / LABELS).write_text("".join(f"{c}\n" for c in pre.class_names))
+        if val:
+            val_ds = _open(val, "val", pre, limit=val_limit)
         deploy_onnx = tmp / FP32_ONNX
         quant_info: dict[str, Any] | None = None
-        calib_fingerprint = None
         if prec == "int8":
-            from edgeres.quantize import quantize
-
             t = time.perf_counter()
-            batches = None
-            fingerprint = ""
+            batches, fingerprint = None, None
             if calib:
                 cds = _open(calib, "calib", pre, limit=num_calib, allow_unlabelled=True)
-                batches = calib_batches(cds)
-                fingerprint = cds.fingerprint()
-                calib_fingerprint = fingerprint
+                batches, fingerprint = calib_batches(cds), cds.fingerprint()
             cache_dest = tmp / CALIB_CACHE
             if calib_cache and Path(calib_cache).is_file():
                 shutil.copyfile(calib_cache, cache_dest)
-            q = quantize(
-                tmp / FP32_ONNX, tmp / INT8_ONNX, batches, data_fingerprint=fingerprint, method=method,
-                form=tgt.qdq_form, per_channel=per_channel, percentile=percentile, cache_path=cache_dest,
-            )
+            q, fallback = quantize_stage(
+                tmp / FP32_ONNX, tmp / INT8_ONNX, batches, fingerprint, tgt, method=method, per_channel=per_channel,
+                percentile=percentile, cache_path=cache_dest, val_ds=val_ds, max_drop=threshold, log=log)
             if calib_cache and not Path(calib_cache).is_file():
                 shutil.copyfile(cache_dest, calib_cache)
             deploy_onnx = tmp / INT8_ONNX
             timings["quantize"] = time.perf_counter() - t
             quant_info = {"method": q.method, "form": q.form, "per_channel": q.per_channel, "num_calib": q.num_calib,
                           "quantized_nodes": q.num_quantized_nodes, "excluded": list(q.excluded),
-                          "cache_hit": q.cache_hit, "calib_data": calib, "calib_fingerprint": calib_fingerprint}
-            log(f"quantized INT8 ({method}, {tgt.qdq_form} form) in {timings['quantize']:.1f} s")
+                          "cache_hit": q.cache_hit, "calib_data": calib, "calib_fingerprint": fingerprint,
+                          "fallback": fallback}
+            log(f"quantized INT8 ({method}, {tgt.qdq_form} form) in {timings['quantize']:.1f} s"
+                + (f"; {len(fallback['layers'])} layer(s) kept in {fallback['precision']} to meet --max-drop "
+                   f"{threshold}" if fallback and fallback["layers"] else ""))
 
         artifact = None
         recipe = None
@@ -174,9 +174,8 @@ def compile_bundle(
         report = None
         if val:
             t = time.perf_counter()
-            report = _validate(tmp / FP32_ONNX, deploy_onnx, artifact, backend, tgt, pre, val,
-                               max_drop if max_drop is not None else tgt.max_drop, val_limit,
-                               {"model": model_name, "target": tgt.name, "precision": prec})
+            report = _validate(tmp / FP32_ONNX, deploy_onnx, artifact, backend, val_ds, threshold,
+                               {"model": model_name, "target": tgt.name, "precision": prec, "data": str(val)})
             report.write(tmp / REPORT)
             timings["validate"] = time.perf_counter() - t
         record = {
@@ -251,16 +250,38 @@ def _artifact_runner(artifact: Any, backend: Any, deploy_onnx: Path):
     return make_runner(deploy_onnx), "onnxruntime Q/DQ (engine not built here)"
 
 
-def _validate(fp32_onnx: Path, deploy_onnx: Path, artifact: Any, backend: Any, tgt: Target, pre: Preprocessing,
-              data: str, max_drop: float | None, limit: int | None, context: dict[str, Any]) -> AccuracyReport:
+def _validate(fp32_onnx: Path, deploy_onnx: Path, artifact: Any, backend: Any, ds: Any, max_drop: float | None,
+              context: dict[str, Any]) -> AccuracyReport:
     from edgeres.backends.onnxruntime import make_runner
     from edgeres.data import iter_batches
 
-    ds = _open(data, "val", pre, limit=limit)
     reference = make_runner(fp32_onnx)
     runner, runner_name = _artifact_runner(artifact, backend, deploy_onnx)
-    ctx = {**context, "backend": runner_name, "data": str(data), "data_fingerprint": ds.fingerprint()}
+    ctx = {**context, "backend": runner_name, "data_fingerprint": ds.fingerprint()}
     return compare(reference, runner, iter_batches(ds, EVAL_BATCH), max_drop=max_drop, context=ctx)
+
+
+def quantize_stage(fp32: Path, out: Path, batches: Any, fingerprint: str | None, tgt: Target, *, method: str,
+                   per_channel: bool, percentile: float, cache_path: Path | None, val_ds: Any = None,
+                   max_drop: float | None = None, log: Callable[[str], None] = lambda s: None):
+    """Quantize for ``tgt``'s Q/DQ form. With validation data, guarantee ``max_drop`` by falling
+    back the most harmful layers to FP32 (FP16 on GPU targets). Returns (QuantizeResult, fallback record)."""
+    from edgeres.quantize import quantize
+
+    if val_ds is None or max_drop is None:
+        q = quantize(fp32, out, batches, data_fingerprint=fingerprint, method=method, form=tgt.qdq_form,
+                     per_channel=per_channel, percentile=percentile, cache_path=cache_path)
+        return q, None
+    from edgeres.data import iter_batches
+    from edgeres.quantize.fallback import quantize_with_fallback
+
+    fb = quantize_with_fallback(
+        fp32, out, batches, lambda: iter_batches(val_ds, EVAL_BATCH), max_drop=max_drop,
+        data_fingerprint=fingerprint, method=method, form=tgt.qdq_form, per_channel=per_channel,
+        percentile=percentile, cache_path=cache_path,
+        fallback_precision="fp16" if tgt.device != "cpu" and "fp16" in tgt.precisions else "fp32", log=log,
+    )
+    return fb.quantize_result, {**fb.metadata(), "layers": list(fb.fallback_layers)}
 
 
 def validate_bundle(bundle: str | os.PathLike | Bundle, data: str, *, max_drop: float | None = None,
@@ -278,10 +299,10 @@ def validate_bundle(bundle: str | os.PathLike | Bundle, data: str, *, max_drop: 
     if art is not None and not backend.available():
         get_backend(b.backend)  # raises BackendUnavailable with the install hint
     threshold = max_drop if max_drop is not None else b.manifest["target"].get("max_drop")
-    tgt = get_target_from_manifest(b)
+    ds = _open(data, "val", b.preprocessing, limit=limit)
     ctx = {"model": b.manifest["model"]["name"], "target": b.target_name, "precision": b.precision,
-           "bundle": str(b.root)}
-    return _validate(b.file("fp32"), b.deploy_onnx, art, backend, tgt, b.preprocessing, data, threshold, limit, ctx)
+           "bundle": str(b.root), "data": str(data)}
+    return _validate(b.file("fp32"), b.deploy_onnx, art, backend, ds, threshold, ctx)
 
 
 def get_target_from_manifest(b: Bundle) -> Target:

@@ -42,11 +42,12 @@ def test_corrupt_checkpoint(cli, tmp_path):
     _one_line_error(r, "corrupt")
 
 
+class Evil:
+    """A picklable class: a checkpoint holding one must not be unpickled (weights_only=True)."""
+
+
 def test_pickle_with_code_is_refused(cli, tmp_path):
     import torch
-
-    class Evil:
-        pass
 
     bad = tmp_path / "evil.pt"
     torch.save({"state_dict": {}, "obj": Evil()}, bad)
