@@ -112,7 +112,7 @@ def train(
     overrides = {k: v for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                                         num_workers=workers, seed=seed).items() if v is not None}
     res = train_fn(model, data, out, recipe=recipe, init=init, resume=resume, device=device, **overrides)
-    console.print(f"[green]trained[/green] {model}: best val top-1 {_pct(res.best_top1)} -> {res.checkpoint}")
+    console.print(f"[green]trained[/green] {model}: best val top-1 {_pct(res.best_val_top1)} (epoch {res.best_epoch}) -> {res.best_checkpoint}")
 
 
 @app.command()

@@ -81,3 +81,18 @@ def test_compare_rejects_bad_data():
         compare(lambda b: b, lambda b: b, iter([(x, np.array([0, 7]))]))
     with pytest.raises(InputError, match="non-finite"):
         compare(lambda b: b, lambda b: b * np.nan, iter([(x, np.array([0, 1]))]))
+
+
+def test_atomic_writes_get_the_usual_permissions(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "f") as tmp:
+            tmp.write_text("x")
+        with atomic_dir(tmp_path / "d") as d:
+            (d / "a").write_text("1")
+    finally:
+        os.umask(mask)
+    assert oct((tmp_path / "f").stat().st_mode & 0o777) == oct(0o644)
+    assert oct((tmp_path / "d").stat().st_mode & 0o777) == oct(0o755)
