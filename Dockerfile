@@ -17,6 +17,8 @@ RUN apt-get update && apt-get install -y --no-install-recommends g++ make \
 WORKDIR /opt/edgeres
 COPY . .
 # README command 1, without the quickstart run (torch pinned: an unpinned torch pulls a CUDA build).
-RUN python3 -m venv .venv && .venv/bin/pip install --no-cache-dir torch==2.13.0 -e ".[tvm,dev]"
+RUN python3 -m venv .venv && .venv/bin/pip install --no-cache-dir torch==2.13.0 -e ".[tvm,trtcheck,dev]"
+# ARM boards: aarch64 cross toolchain, qemu and the aarch64 TVM runtime (README "ARM boards").
+RUN tools/setup-aarch64.sh
 ENV PATH=/opt/edgeres/.venv/bin:$PATH
 CMD ["edgeres", "--help"]
