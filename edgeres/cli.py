@@ -95,23 +95,51 @@ def train(
     data: str = typer.Option(..., "--data", help="ImageFolder DIR (DIR/<class>/*.png, or DIR/train + DIR/val), "
                              "a CIFAR batch dir, a .npz, or 'builtin'."),
     out: Path = typer.Option(..., "--out", help="Checkpoint file (.pt) or directory (best.pt + last.pt)."),
-    recipe: str = typer.Option("quick", "--recipe", help="quick | cifar-paper | imagenet-paper | finetune"),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="quick (default) | cifar-paper | imagenet-paper | "
+                                         "finetune | a .toml file. Not with --resume."),
     epochs: Optional[int] = typer.Option(None, "--epochs"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    iterations: Optional[int] = typer.Option(None, "--iterations", help="Stop after this many optimizer steps."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="GLOBAL batch per step (split over --nproc/torchrun processes)."),
     lr: Optional[float] = typer.Option(None, "--lr"),
     weight_decay: Optional[float] = typer.Option(None, "--weight-decay"),
     init: Optional[Path] = typer.Option(None, "--init", help="Start from a torchvision/timm/edgeres checkpoint."),
+    replace_head: bool = typer.Option(False, "--replace-head", help="With --init: always train a new classifier head."),
+    freeze_backbone: bool = typer.Option(False, "--freeze-backbone", help="Train only the classifier head (fc)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue from a last.pt checkpoint."),
     workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader worker processes."),
     seed: Optional[int] = typer.Option(None, "--seed"),
-    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N"),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N | auto (under torchrun: cpu or cuda)."),
+    nproc: Optional[int] = typer.Option(None, "--nproc", help="Launch torchrun with N local processes (DDP)."),
+    plot: bool = typer.Option(True, "--plot/--no-plot", help="Write the training-curve PNG next to the history."),
 ):
     """Train (or fine-tune) a zoo model; writes an edgeres checkpoint with its preprocessing."""
+    import subprocess
+
+    from edgeres.training.dist import get_dist_info, torchrun_command
+
+    if nproc is not None and nproc != 1:
+        if get_dist_info().distributed:
+            raise UsageError("--nproc given inside a torchrun job; drop --nproc (torchrun already started the processes)")
+        cmd = torchrun_command(nproc, model, {
+            "--data": data, "--out": out, "--recipe": recipe, "--epochs": epochs, "--iterations": iterations,
+            "--batch-size": batch_size, "--lr": lr, "--weight-decay": weight_decay, "--init": init,
+            "--replace-head": replace_head, "--freeze-backbone": freeze_backbone, "--resume": resume,
+            "--workers": workers, "--seed": seed, "--device": device, "--no-plot": not plot})
+        err.print(f"launching: {' '.join(cmd)}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(subprocess.run(cmd).returncode)
+
     from edgeres.train import train as train_fn
 
-    overrides = {k: v for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                                        num_workers=workers, seed=seed).items() if v is not None}
-    res = train_fn(model, data, out, recipe=recipe, init=init, resume=resume, device=device, **overrides)
+    res = train_fn(model, data, out, recipe=recipe, epochs=epochs, iterations=iterations, batch_size=batch_size,
+                   lr=lr, weight_decay=weight_decay, num_workers=workers, seed=seed,
+                   freeze_backbone=True if freeze_backbone else None, init=init, replace_head=replace_head,
+                   resume=resume, device=device, plot=plot)
+    if not get_dist_info().is_main:
+        return
+    if res.head_replaced:
+        console.print(f"classifier head replaced: new fc for {len(res.class_names)} classes (from {init})")
+    if res.trainable_params != res.total_params:
+        console.print(f"trainable parameters: {res.trainable_params:,} of {res.total_params:,} (backbone frozen)")
     console.print(f"[green]trained[/green] {model}: best val top-1 {_pct(res.best_val_top1)} (epoch {res.best_epoch}) -> {res.best_checkpoint}")
 
 
@@ -148,6 +176,8 @@ def compile_cmd(
     per_channel: bool = typer.Option(True, "--per-channel/--per-tensor"),
     max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Top-1 points allowed (default: the target's)."),
     val_limit: Optional[int] = typer.Option(None, "--val-limit", help="Validate on at most this many images."),
+    fallback: bool = typer.Option(True, "--fallback/--no-fallback",
+                                  help="With --val: keep the most harmful layers in FP32 until --max-drop holds."),
     tuning_db: Optional[Path] = typer.Option(None, "--tuning-db", help="TVM MetaSchedule database (edgeres tune)."),
     option: Optional[List[str]] = typer.Option(None, "--option", help="Backend option key=value (threads=4, layout=NHWC, dla_core=0)."),
     targets_dir: Optional[List[Path]] = TargetsDir,
@@ -162,7 +192,7 @@ def compile_cmd(
         res = compile_bundle(
             source, target, out, precision=precision, weights=weights, calib=calib, val=val, method=method,
             num_calib=num_calib, calib_cache=calib_cache, per_channel=per_channel, max_drop=max_drop,
-            val_limit=val_limit, targets_dirs=tuple(targets_dir or ()), log=lambda s: console.print(f"  {s}"),
+            val_limit=val_limit, fallback=fallback, targets_dirs=tuple(targets_dir or ()), log=lambda s: console.print(f"  {s}"),
             backend_options=_backend_options(option, tuning_db),
         )
     except AccuracyRegression:

@@ -94,6 +94,7 @@ def compile_bundle(
     percentile: float = 99.99,
     max_drop: float | None = None,
     val_limit: int | None = None,
+    fallback: bool = True,
     backend_options: dict[str, Any] | None = None,
     targets_dirs: tuple[str, ...] = (),
     log: Callable[[str], None] = lambda s: None,
@@ -138,9 +139,10 @@ def compile_bundle(
             cache_dest = tmp / CALIB_CACHE
             if calib_cache and Path(calib_cache).is_file():
                 shutil.copyfile(calib_cache, cache_dest)
-            q, fallback = quantize_stage(
+            q, fb_record = quantize_stage(
                 tmp / FP32_ONNX, tmp / INT8_ONNX, batches, fingerprint, tgt, method=method, per_channel=per_channel,
-                percentile=percentile, cache_path=cache_dest, val_ds=val_ds, max_drop=threshold, log=log)
+                percentile=percentile, cache_path=cache_dest, val_ds=val_ds if fallback else None,
+                max_drop=threshold, log=log)
             if calib_cache and not Path(calib_cache).is_file():
                 shutil.copyfile(cache_dest, calib_cache)
             deploy_onnx = tmp / INT8_ONNX
@@ -148,10 +150,10 @@ def compile_bundle(
             quant_info = {"method": q.method, "form": q.form, "per_channel": q.per_channel, "num_calib": q.num_calib,
                           "quantized_nodes": q.num_quantized_nodes, "excluded": list(q.excluded),
                           "cache_hit": q.cache_hit, "calib_data": calib, "calib_fingerprint": fingerprint,
-                          "fallback": fallback}
+                          "fallback": fb_record}
             log(f"quantized INT8 ({method}, {tgt.qdq_form} form) in {timings['quantize']:.1f} s"
-                + (f"; {len(fallback['layers'])} layer(s) kept in {fallback['precision']} to meet --max-drop "
-                   f"{threshold}" if fallback and fallback["layers"] else ""))
+                + (f"; {len(fb_record['layers'])} layer(s) kept in {fb_record['precision']} to meet --max-drop "
+                   f"{threshold}" if fb_record and fb_record["layers"] else ""))
 
         artifact = None
         recipe = None

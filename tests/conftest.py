@@ -14,11 +14,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def trained_r20(tmp_path_factory) -> Path:
-    """ResNet-20 trained briefly on 'builtin:150' (150 images per class): clearly above chance."""
+    """ResNet-20 trained briefly on 'builtin:300' (300 images per class): clearly above chance."""
     from edgeres.train import train
 
     out = tmp_path_factory.mktemp("r20") / "r20.pt"
-    train("resnet20", "builtin:150", out, recipe="quick", epochs=4, progress=False)
+    train("resnet20", "builtin:300", out, recipe="quick", epochs=5, progress=False)
     return out
 
 

@@ -79,15 +79,18 @@ def test_runtime_and_run_command_classify_pngs(r20_bundle, shapes_dir, cli):
     from edgeres.runtime import load
 
     out, _ = r20_bundle
-    imgs = sorted((shapes_dir / "val").glob("*/*.png"))[:: 20][:5]
-    top = load(out).classify(imgs, top_k=5)
-    assert len(top) == 5 and all(len(t) == 5 for t in top)
-    assert all(abs(sum(p for _, p in t) - 1) < 0.5 for t in top)
+    imgs = sorted((shapes_dir / "val").glob("*/*.png"))[::4]  # 5 per class
+    pred = load(out)
+    top = pred.classify(imgs, top_k=5)
+    assert len(top) == len(imgs) == 50 and all(len(t) == 5 for t in top)
+    assert all(t[0][1] >= t[1][1] >= t[4][1] and sum(p for _, p in t) <= 1.0 + 1e-5 for t in top)
+    logits = pred.predict(pred.preprocess(imgs))
+    assert [t[0][0] for t in top] == [pred.class_names[i] for i in logits.argmax(1)]
     hits = sum(t[0][0] == img.parent.name for t, img in zip(top, imgs))
-    assert hits >= 3  # the model learned; images from the ImageFolder tree
+    assert hits >= 25  # the model learned (chance: 5 of 50); images read from the ImageFolder tree
     r = cli("run", out, *imgs[:2])
     assert r.returncode == 0, r.stderr
-    assert str(imgs[0]) in r.stdout and top[0][0][0] in r.stdout
+    assert str(imgs[0]) in r.stdout and top[0][0][0] in r.stdout and top[1][0][0] in r.stdout
 
 
 def test_validate_cli_exit_codes_and_json(r20_bundle, tmp_path, cli):
@@ -134,18 +137,27 @@ def test_interrupted_compile_leaves_nothing(trained_r20, tmp_path, monkeypatch):
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
-def test_accuracy_regression_exits_1_with_the_report(fragile_r20, tmp_path, cli):
-    """Plain min/max per-tensor INT8 breaks the INT8-hostile model: compile writes the
-    bundle with the failing report and exits 1; validate exits 1 too."""
-    out = tmp_path / "fragile"
-    r = cli("compile", fragile_r20, "--target", "onnxruntime-cpu", "--precision", "int8", "--calib", "builtin",
-            "--num-calib", "128", "--method", "minmax", "--val", "builtin", "--val-limit", "300",
-            "--max-drop", "1.0", "--out", out)
+def test_accuracy_regression_exits_1_and_fallback_repairs_it(fragile_r20, tmp_path, cli):
+    """Plain min/max INT8 breaks the INT8-hostile model. Without fallback, compile writes the bundle
+    with the failing report and exits 1, and validate exits 1; with fallback (the default when
+    --val is given) compile keeps the harmful layer in FP32 and meets --max-drop."""
+    common = ["--target", "onnxruntime-cpu", "--precision", "int8", "--calib", "builtin", "--num-calib", "128",
+              "--method", "minmax", "--val", "builtin", "--val-limit", "300", "--max-drop", "1.0"]
+    plain = tmp_path / "plain"
+    r = cli("compile", fragile_r20, *common, "--no-fallback", "--out", plain)
     assert r.returncode == 1, (r.stdout[-2000:], r.stderr[-2000:])
     assert "top-1 dropped" in r.stderr and "Traceback" not in r.stderr
-    rep = json.loads((out / "report.json").read_text())
+    rep = json.loads((plain / "report.json").read_text())
     assert rep["passed"] is False and rep["drop_top1"] > 1.0
-    r = cli("validate", out, "--data", "builtin", "--limit", "300", "--max-drop", "1.0")
-    assert r.returncode == 1
-    r = cli("validate", out, "--data", "builtin", "--limit", "300", "--max-drop", "100")
+    r = cli("validate", plain, "--data", "builtin", "--limit", "300", "--max-drop", "1.0", "--json", tmp_path / "v.json")
+    assert r.returncode == 1 and json.loads((tmp_path / "v.json").read_text())["passed"] is False
+    r = cli("validate", plain, "--data", "builtin", "--limit", "300", "--max-drop", "100")
     assert r.returncode == 0
+
+    fixed = tmp_path / "fixed"
+    r = cli("compile", fragile_r20, *common, "--out", fixed)
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-2000:])
+    m = json.loads((fixed / "manifest.json").read_text())
+    fb = m["quantization"]["fallback"]
+    assert fb["baseline_drop_top1"] > 1.0 and fb["drop_top1"] <= 1.0 and 1 <= len(fb["layers"]) <= 3
+    assert m["validation"]["passed"] is True
