@@ -4,7 +4,6 @@ export -> INT8 (entropy) -> TVM -> validate -> bundle -> runtime / CLI."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
