@@ -1,6 +1,5 @@
 """Bad input ends in one line that says what is wrong and how to fix it, exit code 2, no traceback."""
 
-import pytest
 
 
 def _one_line_error(r, *needles):
