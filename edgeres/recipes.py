@@ -44,7 +44,10 @@ class TrainConfig:
     resized crop + flip for ImageNet-style data). ``val_fraction`` is held out of the
     training split (class-balanced) only when the data has no val split of its own.
     ``num_workers`` (DataLoader processes) ``None`` means 0 on CPU (the loader would
-    compete with the model for the cores) and up to 8 on a GPU.
+    compete with the model for the cores) and up to 8 on a GPU. ``freeze_backbone``
+    trains only the classifier head (``fc``); the backbone's weights and BatchNorm
+    statistics stay as loaded. ``batch_size`` is the global batch of a step: a
+    distributed run of W processes gives each ``batch_size / W`` images.
     """
 
     epochs: int = 10
@@ -66,6 +69,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     num_workers: int | None = None
     seed: int = 0
+    freeze_backbone: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "milestones", tuple(self.milestones))
@@ -78,7 +82,7 @@ class TrainConfig:
         _check_int(self, "seed", 0)
         if self.iterations is not None:
             _check_int(self, "iterations", 1)
-        for name in ("nesterov", "augment"):
+        for name in ("nesterov", "augment", "freeze_backbone"):
             if not isinstance(getattr(self, name), bool):
                 raise UsageError(f"{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("lr", "momentum", "weight_decay", "gamma", "min_lr", "label_smoothing", "val_fraction"):

@@ -1,6 +1,6 @@
 """Train a zoo ResNet on a data set: ``edgeres train``.
 
-One process, SGD with momentum, the learning-rate schedule of a recipe
+SGD with momentum, the learning-rate schedule of a recipe
 (:mod:`edgeres.recipes`), val top-1 after every epoch. Outputs (see
 :func:`edgeres.training.state.output_paths`): ``--out runs/r20.pt`` writes the best
 checkpoint (highest val top-1) to ``runs/r20.pt``, the resumable one (weights,
@@ -11,6 +11,14 @@ receiving ``best.pt``, ``last.pt``, ``history.json`` and ``history.csv``.
 Runs are deterministic given the seed (on the same machine and thread count), and
 ``resume=<last.pt>`` continues exactly where the run stopped: a run interrupted after
 epoch k and resumed gives the same losses as one that never stopped.
+
+Distributed: launched by ``torchrun --nproc-per-node W -m edgeres train ...`` (or
+``edgeres train --nproc W``), every process runs :func:`train`; the model is wrapped in
+DistributedDataParallel (NCCL on CUDA with SyncBatchNorm, gloo on CPU), the recipe's
+``batch_size`` is the GLOBAL batch (each rank takes ``batch_size / W`` images of a
+step, so the LR schedule and the number of steps per epoch do not depend on W), a
+DistributedSampler shards each epoch's permutation, loss and top-1 are summed over
+ranks, validation is sharded and summed, and only rank 0 prints and writes files.
 """
 
 from __future__ import annotations
@@ -35,7 +43,14 @@ from edgeres.training.setup import (
     read_resume,
     resolve_device,
 )
-from edgeres.training.state import EpochRecord, capture_rng, epoch_seed, output_paths, restore_rng, write_history
+from edgeres.training.state import (
+    EpochRecord,
+    capture_rng,
+    output_paths,
+    restore_rng,
+    write_curves,
+    write_history,
+)
 
 __all__ = ["EpochRecord", "TrainResult", "resolve_device", "train"]
 
@@ -59,6 +74,11 @@ class TrainResult:
     config: TrainConfig
     class_names: tuple[str, ...]
     history: list[EpochRecord] = field(default_factory=list)
+    trainable_params: int = 0
+    total_params: int = 0
+    head_replaced: bool = False
+    world_size: int = 1
+    curves_png: Path | None = None
 
 
 @dataclass
@@ -120,7 +140,7 @@ def _plan(model_name: str, recipe: str | None, given: dict[str, Any], model_kwar
     return plan
 
 
-def _load_start_weights(model: Any, start: InitWeights, replace_head: bool, num_classes: int, emit: LogFn) -> None:
+def _load_start_weights(model: Any, start: InitWeights, replace_head: bool, num_classes: int, emit: LogFn) -> bool:
     from edgeres.models.weights import HEAD_PREFIX, apply_state_dict
 
     state = start.state_dict
@@ -130,12 +150,17 @@ def _load_start_weights(model: Any, start: InitWeights, replace_head: bool, num_
     note = (f"; new classifier head for {num_classes} classes (the file's has {report.file_num_classes or 'none'})"
             if report.head_replaced else "")
     emit(f"init: loaded {report.loaded} tensors from {start.path}{note}")
+    return bool(report.head_replaced)
 
 
 def _restore(saved: ResumeState, optimizer: Any, cfg: TrainConfig, best_exists: bool, fingerprint: str,
              iters_per_epoch: int, emit: LogFn) -> _Progress:
     ts = saved.train_state
-    optimizer.load_state_dict(ts["optimizer"])
+    try:
+        optimizer.load_state_dict(ts["optimizer"])
+    except ValueError:
+        raise UsageError(f"{saved.path} was trained with freeze_backbone={not cfg.freeze_backbone}; "
+                         "resume without changing --freeze-backbone") from None
     for group in optimizer.param_groups:  # explicit overrides win over the saved hyper-parameters
         group.update(momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
     prog = _Progress(int(ts["epoch"]), int(ts["iteration"]),
@@ -154,6 +179,13 @@ def _stats(loss: float, top1: float) -> str:
     return f"loss {loss:.4f}  acc {100 * top1:5.1f}%"
 
 
+def _on_batch(bar: Any, on_step: Callable[[int, float, float], None] | None, iteration: int, n: int,
+              loss: float, top1: float) -> None:
+    bar.update(n, _stats(loss, top1))
+    if on_step is not None:
+        on_step(iteration, loss, top1)
+
+
 def train(
     model_name: str,
     data: str,
@@ -167,6 +199,7 @@ def train(
     weight_decay: float | None = None,
     seed: int | None = None,
     num_workers: int | None = None,
+    freeze_backbone: bool | None = None,
     overrides: Mapping[str, Any] | None = None,
     num_classes: int | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
@@ -177,79 +210,123 @@ def train(
     device: str = "cpu",
     channels_last: bool | None = None,
     progress: bool = True,
+    plot: bool = True,
     log: LogFn | None = None,
     on_epoch_end: Callable[[EpochRecord], None] | None = None,
+    on_step: Callable[[int, float, float], None] | None = None,
 ) -> TrainResult:
     """Train zoo model ``model_name`` on ``data`` and write checkpoints under ``out``.
 
     ``recipe`` (default ``'quick'``) names a built-in recipe or a ``.toml`` file;
-    ``epochs`` ... ``num_workers`` and ``overrides`` (any :class:`TrainConfig` field)
-    replace single recipe values, ``None`` keeping them. ``init`` starts from an
-    edgeres, torchvision or timm checkpoint; its classifier is replaced when its class
-    count differs from the data's (or always with ``replace_head=True``), and an
-    edgeres checkpoint with as many classes but other names is refused. ``resume``
-    continues an interrupted run from its ``last.pt`` with its saved recipe (explicit
-    overrides still apply). ``limit`` caps the images per split (quick trials).
-    ``channels_last`` (default: on for CPU, where it measured faster for ResNet-20
-    training) sets the memory format of weights and inputs. ``log`` receives one line
-    per epoch and notes (default: printed to stderr when ``progress``);
-    ``on_epoch_end`` is called with each :class:`EpochRecord` after its checkpoints
-    are written.
+    ``epochs`` ... ``freeze_backbone`` and ``overrides`` (any :class:`TrainConfig` field)
+    replace single recipe values, ``None`` keeping them; ``batch_size`` is the global
+    batch (split over the ranks of a torchrun job). ``init`` starts from an edgeres,
+    torchvision or timm checkpoint; its classifier is replaced when its class count
+    differs from the data's (or always with ``replace_head=True``), and an edgeres
+    checkpoint with as many classes but other names is refused. ``freeze_backbone``
+    trains only the head. ``resume`` continues an interrupted run from its ``last.pt``
+    with its saved recipe (explicit overrides still apply). ``limit`` caps the images
+    per split (quick trials). ``channels_last`` (default: on for CPU, where it measured
+    faster for ResNet-20 training) sets the memory format of weights and inputs.
+    ``plot`` draws the training curves next to the history after every epoch. ``log``
+    receives one line per epoch and notes (default: printed to stderr when
+    ``progress``); ``on_epoch_end`` is called with each :class:`EpochRecord` after its
+    checkpoints are written (on every rank of a distributed run; ``log`` and all
+    output only on rank 0). ``on_step(iteration, loss, top1)`` receives the running
+    means of the current epoch whenever the loop syncs (every step on one CPU process).
     """
+    from edgeres.training.dist import distributed_device, get_dist_info, start, stop
+
+    info = get_dist_info()
+    dev = resolve_device(distributed_device(device, info))
+    created = start(info, dev)
+    try:
+        return _train(model_name, data, out, dict(
+            recipe=recipe, epochs=epochs, iterations=iterations, batch_size=batch_size, lr=lr,
+            weight_decay=weight_decay, seed=seed, num_workers=num_workers, freeze_backbone=freeze_backbone,
+            overrides=overrides, num_classes=num_classes, model_kwargs=model_kwargs, init=init,
+            replace_head=replace_head, resume=resume, limit=limit, channels_last=channels_last,
+            progress=progress, plot=plot, log=log, on_epoch_end=on_epoch_end, on_step=on_step), dev, info)
+    finally:
+        stop(created)
+
+
+def _train(model_name: str, data: str, out: str | os.PathLike, a: dict[str, Any], dev: Any, info: Any) -> TrainResult:
     import numpy as np
     import torch
 
     from edgeres.checkpoint import save_checkpoint
     from edgeres.models import create_model
     from edgeres.models.weights import apply_state_dict
-    from edgeres.training.dist import require_single_process
-    from edgeres.training.loop import default_workers, evaluate, make_loader, train_epoch
+    from edgeres.training.dist import barrier, broadcast_buffers, wrap_model
+    from edgeres.training.finetune import count_parameters, freeze_backbone
+    from edgeres.training.loop import (
+        Shard,
+        default_workers,
+        evaluate,
+        make_loader,
+        train_epoch,
+        train_sampler,
+    )
 
     t_start = time.perf_counter()
-    require_single_process()
+    init, resume, log = a["init"], a["resume"], a["log"]
+    main = info.is_main
     paths = output_paths(out)
-    dev = resolve_device(device)
-    bars = EpochBars(enabled=progress)
-    emit = log or bars.print
-    given = _overrides({"epochs": epochs, "iterations": iterations, "batch_size": batch_size, "lr": lr,
-                        "weight_decay": weight_decay, "seed": seed, "num_workers": num_workers}, overrides)
-    plan = _plan(model_name, recipe, given, model_kwargs, init, resume)
+    bars = EpochBars(enabled=a["progress"] and main)
+    emit: LogFn = (log or bars.print) if main else (lambda _line: None)
+    given = _overrides({k: a[k] for k in ("epochs", "iterations", "batch_size", "lr", "weight_decay", "seed",
+                                          "num_workers", "freeze_backbone")}, a["overrides"])
+    plan = _plan(model_name, a["recipe"], given, a["model_kwargs"], init, resume)
     cfg = plan.cfg
+    if cfg.batch_size % info.world_size:
+        raise UsageError(f"batch size {cfg.batch_size} does not split over {info.world_size} processes "
+                         f"(it is the global batch); pass a multiple of {info.world_size}")
+    rank_batch = cfg.batch_size // info.world_size
 
     splits = open_splits(data, plan.preprocessing.with_classes(()), augment=cfg.augment,
-                         val_fraction=cfg.val_fraction, seed=cfg.seed, limit=limit)
+                         val_fraction=cfg.val_fraction, seed=cfg.seed, limit=a["limit"])
     names = splits.class_names
     if plan.saved is not None:
         check_class_names(plan.saved.preprocessing.class_names, names, f"checkpoint {resume}",
                           "resume on the same data, or start a new run with --init")
-    start = plan.start
-    if start is not None and start.class_names and len(start.class_names) == len(names) and not replace_head:
-        check_class_names(start.class_names, names, f"checkpoint {init}",
+    start_w = plan.start
+    if start_w is not None and start_w.class_names and len(start_w.class_names) == len(names) \
+            and not a["replace_head"]:
+        check_class_names(start_w.class_names, names, f"checkpoint {init}",
                           "pass --replace-head to train a new classifier for these classes")
-    if num_classes is not None and num_classes != len(names):
-        raise UsageError(f"--num-classes {num_classes} but the data has {len(names)} classes; drop --num-classes")
+    if a["num_classes"] is not None and a["num_classes"] != len(names):
+        raise UsageError(f"--num-classes {a['num_classes']} but the data has {len(names)} classes; drop --num-classes")
     pre = plan.preprocessing.with_classes(names)
 
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
     model = create_model(model_name, num_classes=len(names), **plan.model_kwargs)
+    head_replaced = False
     if plan.saved is not None:
         apply_state_dict(model, plan.saved.state_dict, source=str(resume))
-    elif start is not None:
-        _load_start_weights(model, start, replace_head, len(names), emit)
-    use_cl = (dev.type == "cpu") if channels_last is None else bool(channels_last)
+    elif start_w is not None:
+        head_replaced = _load_start_weights(model, start_w, a["replace_head"], len(names), emit)
+    if cfg.freeze_backbone:
+        n_train, n_total = freeze_backbone(model)
+        emit(f"frozen backbone: training {n_train:,} of {n_total:,} parameters (the fc head only)")
+    else:
+        n_train, n_total = count_parameters(model)
+    use_cl = (dev.type == "cpu") if a["channels_last"] is None else bool(a["channels_last"])
     model.to(dev, memory_format=torch.channels_last if use_cl else torch.contiguous_format)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+    net = wrap_model(model, dev, info)  # DDP (SyncBatchNorm on CUDA) or the model itself
+    module = getattr(net, "module", net)  # what is saved and evaluated
+    optimizer = torch.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=cfg.lr,
+                                momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
     workers = cfg.num_workers if cfg.num_workers is not None else default_workers(dev)
+    sampler = train_sampler(splits.train, cfg.seed, info.rank, info.world_size)
+    val_set = Shard(splits.val, info.rank, info.world_size) if info.distributed else splits.val
+    val_loader = make_loader(val_set, rank_batch, workers, dev, shuffle=False)
 
-    def loader(ds: Any, shuffle: bool, seed: int = 0) -> Any:
-        return make_loader(ds, cfg.batch_size, workers, dev, shuffle=shuffle, seed=seed)
-
-    ipe = len(loader(splits.train, True))
+    ipe = len(make_loader(splits.train, rank_batch, 0, dev, shuffle=False, sampler=sampler))
     total_iters, total_epochs = cfg.total_iterations(ipe), cfg.total_epochs(ipe)
     prog = _Progress()
     if plan.saved is not None:
@@ -261,24 +338,32 @@ def train(
     data_meta = {"spec": str(data), "fingerprint": splits.fingerprint, "train_images": len(splits.train),
                  "val_images": len(splits.val), "val_split": splits.val_source}
     run_meta = {"recipe": plan.recipe, "config": cfg.to_dict(), "data": data_meta,
-                "init": str(init) if init else None, "resumed_from": str(resume) if resume else None}
+                "init": str(init) if init else None, "resumed_from": str(resume) if resume else None,
+                "world_size": info.world_size}
     header = {"model": model_name, "model_kwargs": plan.model_kwargs, **run_meta}
+    ranks = f" x {info.world_size} processes ({rank_batch} per process)" if info.distributed else ""
     emit(f"training {model_name} on {data} ({len(splits.train)} train / {len(splits.val)} val images, "
          f"{len(names)} classes; val = {splits.val_source}), recipe {plan.recipe}: {total_epochs} epochs "
-         f"of {ipe} steps, batch {cfg.batch_size}, {dev}, {workers} loader workers")
+         f"of {ipe} steps, batch {cfg.batch_size}{ranks}, {dev}, {workers} loader workers")
 
-    val_loader = loader(splits.val, False)
     epochs_run = 0
+    plot_ok = a["plot"]
     while prog.iteration < total_iters:
         splits.set_epoch(prog.epoch)
+        sampler.set_epoch(prog.epoch)
         first_lr = lr_at(cfg, prog.iteration, ipe)
+        step0 = prog.iteration
         with bars.epoch(f"epoch {prog.epoch + 1}/{total_epochs}", min(ipe, total_iters - prog.iteration)) as bar:
             stats = train_epoch(
-                model, loader(splits.train, True, epoch_seed(cfg.seed, prog.epoch)), optimizer, criterion,
-                lr_fn=lambda it: lr_at(cfg, it, ipe), start_iteration=prog.iteration, stop_iteration=total_iters,
-                device=dev, channels_last=use_cl, on_batch=lambda n, loss, acc: bar.update(n, _stats(loss, acc)),
+                net, make_loader(splits.train, rank_batch, workers, dev, shuffle=False, sampler=sampler),
+                optimizer, criterion, lr_fn=lambda it: lr_at(cfg, it, ipe), start_iteration=prog.iteration,
+                stop_iteration=total_iters, device=dev, channels_last=use_cl,
+                on_batch=lambda n, loss, acc, bar=bar, step0=step0: _on_batch(bar, a["on_step"], step0 + n, n, loss,
+                                                                               acc),
+                distributed=info.distributed, frozen_bn=cfg.freeze_backbone,
             )
-            val = evaluate(model, val_loader, dev, channels_last=use_cl)
+            broadcast_buffers(module)  # every rank evaluates (and rank 0 saves) the same BN statistics
+            val = evaluate(module, val_loader, dev, channels_last=use_cl, distributed=info.distributed)
             bar.finish(stats.steps, f"{_stats(stats.loss, stats.top1)}  val {100 * val.top1:5.1f}%")
         prog.epoch += 1
         prog.iteration += stats.steps
@@ -288,24 +373,35 @@ def train(
         prog.history.append(record)
         meta = {**run_meta, "epoch": prog.epoch, "iteration": prog.iteration, "val_top1": val.top1,
                 "val_loss": val.loss, "train_loss": stats.loss}
-        if val.top1 > prog.best_top1:
+        improved = val.top1 > prog.best_top1
+        if improved:
             prog.best_top1, prog.best_epoch = val.top1, prog.epoch
-            save_checkpoint(paths.best, model, model_name, pre, model_kwargs=plan.model_kwargs, meta=meta)
-        train_state = {"optimizer": optimizer.state_dict(), "epoch": prog.epoch, "iteration": prog.iteration,
-                       "iters_per_epoch": ipe, "best_val_top1": prog.best_top1, "best_epoch": prog.best_epoch,
-                       "history": [r.to_dict() for r in prog.history], "config": cfg.to_dict(),
-                       "recipe": plan.recipe, "rng": capture_rng()}
-        save_checkpoint(paths.last, model, model_name, pre, model_kwargs=plan.model_kwargs, meta=meta,
-                        train_state=train_state)
-        write_history(paths, header, prog.history)
-        if log is not None:
-            log(f"epoch {prog.epoch}/{total_epochs}  lr {first_lr:.4g}  train {_stats(stats.loss, stats.top1)}  "
-                f"val loss {val.loss:.4f}  val acc {100 * val.top1:.1f}%  {record.seconds:.1f} s")
-        if on_epoch_end is not None:
-            on_epoch_end(record)
+        if main:
+            if improved:
+                save_checkpoint(paths.best, module, model_name, pre, model_kwargs=plan.model_kwargs, meta=meta)
+            train_state = {"optimizer": optimizer.state_dict(), "epoch": prog.epoch, "iteration": prog.iteration,
+                           "iters_per_epoch": ipe, "best_val_top1": prog.best_top1, "best_epoch": prog.best_epoch,
+                           "history": [r.to_dict() for r in prog.history], "config": cfg.to_dict(),
+                           "recipe": plan.recipe, "rng": capture_rng()}
+            save_checkpoint(paths.last, module, model_name, pre, model_kwargs=plan.model_kwargs, meta=meta,
+                            train_state=train_state)
+            write_history(paths, header, prog.history)
+            if plot_ok:
+                note = write_curves(paths, prog.history, title=f"{model_name} on {data} ({plan.recipe})")
+                if note is not None:
+                    emit(note)
+                    plot_ok = False
+            if log is not None:
+                log(f"epoch {prog.epoch}/{total_epochs}  lr {first_lr:.4g}  train {_stats(stats.loss, stats.top1)}  "
+                    f"val loss {val.loss:.4f}  val acc {100 * val.top1:.1f}%  {record.seconds:.1f} s")
+        if a["on_epoch_end"] is not None:
+            a["on_epoch_end"](record)
 
+    barrier()  # rank 0's files are complete when train() returns on any rank
+    curves = paths.curves_png if plot_ok and paths.curves_png.is_file() else None
     emit(f"best val top-1 {100 * prog.best_top1:.2f}% (epoch {prog.best_epoch}) -> {paths.best}; "
-         f"resumable state -> {paths.last}")
+         f"resumable state -> {paths.last}" + (f"; curves -> {curves}" if curves else ""))
     return TrainResult(paths.best, paths.last, paths.history_json, prog.best_top1, prog.best_epoch,
                        prog.history[-1].val_top1, epochs_run, prog.epoch, prog.iteration,
-                       time.perf_counter() - t_start, cfg, names, prog.history)
+                       time.perf_counter() - t_start, cfg, names, prog.history, n_train, n_total, head_replaced,
+                       info.world_size, curves)

@@ -18,7 +18,7 @@ def trained_r20(tmp_path_factory) -> Path:
     from edgeres.train import train
 
     out = tmp_path_factory.mktemp("r20") / "r20.pt"
-    train("resnet20", "builtin:300", out, recipe="quick", epochs=5, progress=False)
+    train("resnet20", "builtin:300", out, recipe="quick", epochs=5, progress=False, plot=False)
     return out
 
 

@@ -2,6 +2,7 @@
 
 :mod:`edgeres.training.loop` (one epoch, evaluation), :mod:`edgeres.training.state`
 (RNG state, output paths, history files), :mod:`edgeres.training.progress` (rich bars),
-:mod:`edgeres.training.setup` (data splits, init/resume checks) and
-:mod:`edgeres.training.dist` (process-group hooks for a later torchrun/DDP mode).
+:mod:`edgeres.training.setup` (data splits, init/resume checks),
+:mod:`edgeres.training.finetune` (frozen backbone) and
+:mod:`edgeres.training.dist` (torchrun process groups, DDP wrapping, the ``--nproc`` launcher).
 """

@@ -3,8 +3,9 @@
 Output layout (see :func:`output_paths`)::
 
     --out runs/r20.pt   ->  runs/r20.pt (best val top-1)   runs/r20.last.pt (resumable)
-                            runs/r20.history.json          runs/r20.history.csv
+                            runs/r20.history.json          runs/r20.history.csv   runs/r20.history.png
     --out runs/r20      ->  runs/r20/best.pt  runs/r20/last.pt  runs/r20/history.json  runs/r20/history.csv
+                            runs/r20/history.png (training curves)
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class OutputPaths:
     last: Path
     history_json: Path
     history_csv: Path
+    curves_png: Path
 
 
 def output_paths(out: str | os.PathLike) -> OutputPaths:
@@ -45,10 +47,12 @@ def output_paths(out: str | os.PathLike) -> OutputPaths:
             last=stem.with_name(stem.name + ".last.pt"),
             history_json=stem.with_name(stem.name + ".history.json"),
             history_csv=stem.with_name(stem.name + ".history.csv"),
+            curves_png=stem.with_name(stem.name + ".history.png"),
         )
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is an existing file; name a directory, or a file ending in .pt")
-    return OutputPaths(out / "best.pt", out / "last.pt", out / "history.json", out / "history.csv")
+    return OutputPaths(out / "best.pt", out / "last.pt", out / "history.json", out / "history.csv",
+                       out / "history.png")
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,20 @@ def write_history(paths: OutputPaths, header: dict[str, Any], history: list[Epoc
         writer.writerow(record.to_dict())
     with atomic_path(paths.history_csv) as tmp:
         tmp.write_text(buf.getvalue())
+
+
+def write_curves(paths: OutputPaths, history: list[EpochRecord], title: str = "") -> str | None:
+    """Draw loss / top-1 / LR per epoch to ``paths.curves_png``; returns a one-line note instead
+    when matplotlib is not installed (the plot is optional, the run goes on)."""
+    from edgeres.plots import training_curves
+
+    try:
+        training_curves(paths.curves_png, [r.to_dict() for r in history], title=title)
+    except UsageError as e:
+        if "matplotlib" in str(e):
+            return f"note: no training-curve plot ({e})"
+        raise
+    return None
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

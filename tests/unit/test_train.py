@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 
@@ -18,7 +19,7 @@ from edgeres.training.state import output_paths
 
 # Small enough for a few seconds per run on 2 cores: 8 train images/class, 40-image splits.
 DATA = "builtin:8"
-TINY = dict(limit=40, batch_size=10, progress=False)
+TINY = dict(limit=40, batch_size=10, progress=False, plot=False)
 
 
 class Interrupted(Exception):
@@ -191,3 +192,57 @@ def test_bad_options():
         train("resnet20", DATA, "/nonexistent/x", lr=0.1, overrides={"lr": 0.2}, progress=False)
     with pytest.raises(UsageError, match="--num-classes 5 but the data has 10"):
         train("resnet20", DATA, "/nonexistent/x", num_classes=5, **TINY)
+
+
+def test_cli_fine_tune_with_frozen_backbone_reports_head_and_trains_only_fc(tmp_path):
+    """`edgeres train --init other-classes.pth --freeze-backbone`: the new head is reported, only fc moves,
+    BatchNorm statistics stay as loaded, and the training-curve PNG is written next to the history."""
+    from typer.testing import CliRunner
+
+    from edgeres.cli import app
+    from edgeres.models import create_model
+
+    torch.manual_seed(3)
+    donor = create_model("resnet20", num_classes=5)
+    with torch.no_grad():  # non-default BN statistics, to see that they are kept
+        donor.bn1.running_mean.uniform_(-0.5, 0.5)
+    torch.save(donor.state_dict(), tmp_path / "donor.pth")
+    out = tmp_path / "ft"
+    result = CliRunner().invoke(app, ["train", "resnet20", "--data", "builtin:2", "--out", str(out), "--epochs", "1",
+                                      "--batch-size", "10", "--lr", "0.05", "--init", str(tmp_path / "donor.pth"),
+                                      "--freeze-backbone"])
+    assert result.exit_code == 0, result.output
+    assert "classifier head replaced: new fc for 10 classes" in result.output
+    assert "trainable parameters: 650 of 269,722 (backbone frozen)" in result.output  # fc: 64 x 10 + 10
+
+    trained = read_checkpoint_file(out / "last.pt")
+    assert trained["meta"]["config"]["freeze_backbone"] is True
+    state, ref = trained["state_dict"], donor.state_dict()
+    for key, value in ref.items():
+        if not key.startswith("fc."):
+            assert torch.equal(state[key], value), key
+    assert state["fc.weight"].shape == (10, 64)
+    torch.manual_seed(0)  # the run's fresh head started from the seed-0 init; it must have moved
+    assert not torch.allclose(state["fc.weight"], create_model("resnet20", num_classes=10).fc.weight)
+
+    png = out / "history.png"
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    # Resuming with the head unfrozen is refused (the optimizer holds the fc parameters only).
+    with pytest.raises(UsageError, match="freeze_backbone=True; resume without changing --freeze-backbone"):
+        train("resnet20", "builtin:2", out, resume=out / "last.pt", epochs=2, freeze_backbone=False,
+              batch_size=10, progress=False, plot=False)
+
+
+def test_curves_skipped_with_a_note_without_matplotlib(tmp_path, monkeypatch):
+    from edgeres import plots
+    from edgeres.training.state import EpochRecord, write_curves
+
+    def missing():
+        raise UsageError("plots need matplotlib, which is not installed; pip install 'edgeres[plot]'")
+
+    monkeypatch.setattr(plots, "_matplotlib", missing)
+    paths = output_paths(tmp_path / "r")
+    note = write_curves(paths, [EpochRecord(1, 5, 0.1, 2.0, 0.2, 2.1, 0.1, 1.0, 50.0)])
+    assert note is not None and note.startswith("note: no training-curve plot") and "matplotlib" in note
+    assert not paths.curves_png.exists()
