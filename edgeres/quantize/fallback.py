@@ -1,0 +1,234 @@
+"""Accuracy-aware INT8: fall back the most harmful layers to float until the top-1 drop is within a bound.
+
+::
+
+    from edgeres.quantize.fallback import quantize_with_fallback
+    res = quantize_with_fallback(Path("m.onnx"), Path("m.int8.onnx"), calib, val, max_drop=0.5,
+                                 data_fingerprint=ds.fingerprint())
+    res.fallback_layers, res.drop_top1
+
+1. Calibrate once and quantize everything; measure the top-1 drop of the Q/DQ model
+   against the FP32 model in ONNX Runtime on the validation images.
+2. Above ``max_drop``: rank the quantized nodes by harm, by default with the one-pass
+   proxy :func:`~edgeres.quantize.sensitivity.local_errors`; ``rank="int8-one"`` or
+   ``"fp32-one"`` measure each node's effect on the logits instead (one model per node;
+   ``fp32-one`` misses two layers that are only harmful together).
+3. Keep the ``step`` most harmful remaining nodes float, rebuild the Q/DQ model in
+   memory from the calibration cache, re-measure; repeat until the drop is within
+   the bound. Every quantized node is a candidate (Conv/Gemm/MatMul, residual Adds,
+   pooling inputs), so with all of them float the model is the FP32 one.
+
+The output's ``edgeres.quantization`` metadata records the fallback layers (in the
+order they fell back), the final and the plain-INT8 drop and the fallback precision.
+``fallback_precision="fp16"`` (GPU targets) only records the intent: the excluded
+nodes stay float in the Q/DQ ONNX and TensorRT runs them in FP16 when built with
+FP16 allowed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeres.errors import AccuracyRegression, UsageError
+from edgeres.evaluate import AccuracyReport
+from edgeres.fileio import atomic_path
+from edgeres.quantize import QUANT_METADATA_KEY, QuantizeResult, quantize, read_quantization_metadata
+from edgeres.quantize.calibration import DEFAULT_NUM_BINS, DEFAULT_PERCENTILE
+from edgeres.quantize.sensitivity import DEFAULT_PROBE_IMAGES, Evaluator, LabelledBatches, calibrate, local_errors
+from edgeres.quantize.sensitivity import measure
+
+__all__ = ["FALLBACK_PRECISIONS", "RANKINGS", "FallbackResult", "quantize_with_fallback"]
+
+FALLBACK_PRECISIONS = ("fp32", "fp16")
+RANKINGS = ("proxy", "fp32-one", "int8-one")
+
+
+@dataclass
+class FallbackResult:
+    """What :func:`quantize_with_fallback` did. Drops are top-1 percentage points (FP32 - INT8)."""
+
+    path: Path | None  # None when the bound was not met (nothing written)
+    drop_top1: float  # of the final model
+    baseline_drop_top1: float  # of plain INT8 (nothing excluded)
+    fallback_layers: tuple[str, ...]  # in the order they fell back
+    rounds: int  # fallback rounds run (0: plain INT8 met the bound)
+    reports: list[AccuracyReport]  # one per evaluated model: [plain INT8, after round 1, ...]
+    passed: bool
+    max_drop: float
+    fallback_precision: str
+    rank: str = "proxy"  # how candidates were ranked (see RANKINGS)
+    ranking: list[tuple[str, float]] = field(default_factory=list)  # candidates, most harmful first, with score
+    num_candidates: int = 0
+    all_fell_back: bool = False
+    quantize_result: QuantizeResult | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["path"] = str(self.path) if self.path else None
+        d["reports"] = [r.to_dict() for r in self.reports]
+        d["quantize_result"] = None
+        if self.quantize_result is not None:
+            d["quantize_result"] = {k: (str(v) if isinstance(v, Path) else v)
+                                    for k, v in asdict(self.quantize_result).items()}
+        return d
+
+    def metadata(self) -> dict[str, Any]:
+        """The ``fallback`` record stored in the output's ``edgeres.quantization`` metadata."""
+        return {
+            "max_drop": self.max_drop, "drop_top1": round(self.drop_top1, 4),
+            "baseline_drop_top1": round(self.baseline_drop_top1, 4), "rounds": self.rounds,
+            "precision": self.fallback_precision, "val_images": self.reports[0].num_images if self.reports else 0,
+            "all_fell_back": self.all_fell_back, "rank": self.rank,
+        }
+
+
+def _check_options(max_drop: float, step: int, max_rounds: int | None, fallback_precision: str, rank: str) -> None:
+    if not isinstance(max_drop, (int, float)) or not math.isfinite(max_drop):
+        raise UsageError(f"--max-drop must be a finite number of top-1 points, got {max_drop!r}")
+    if step < 1:
+        raise UsageError(f"the fallback step must be at least 1 layer per round, got {step}")
+    if max_rounds is not None and max_rounds < 0:
+        raise UsageError(f"max_rounds must be >= 0 (or None for no limit), got {max_rounds}")
+    if fallback_precision not in FALLBACK_PRECISIONS:
+        raise UsageError(f"unknown fallback precision {fallback_precision!r}; choose one of "
+                         f"{', '.join(FALLBACK_PRECISIONS)}")
+    if rank not in RANKINGS:
+        raise UsageError(f"unknown fallback ranking {rank!r}; choose one of {', '.join(RANKINGS)}")
+
+
+def quantize_with_fallback(
+    fp32_onnx: Path,
+    out: Path,
+    calib_batches: Callable[[], Iterable[np.ndarray]] | None,
+    val_batches_fn: LabelledBatches,
+    *,
+    max_drop: float,
+    data_fingerprint: str,
+    method: str = "entropy",
+    form: str = "cpu",
+    per_channel: bool = True,
+    percentile: float = DEFAULT_PERCENTILE,
+    num_bins: int = DEFAULT_NUM_BINS,
+    cache_path: Path | None = None,
+    step: int = 1,
+    max_rounds: int | None = None,
+    fallback_precision: str = "fp32",
+    rank: str = "proxy",
+    max_val_images: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> FallbackResult:
+    """Quantize ``fp32_onnx`` to ``out`` with a top-1 drop of at most ``max_drop`` points on the val images.
+
+    ``val_batches_fn()`` yields labelled ``(x, y)`` batches (``max_val_images`` caps
+    them). Raises :class:`~edgeres.errors.AccuracyRegression` (exit code 1) and writes
+    nothing when the bound cannot be met: with every quantized node float, or after
+    ``max_rounds`` rounds; the exception's ``result`` attribute holds the
+    :class:`FallbackResult`. Other arguments as for :func:`edgeres.quantize.quantize`.
+    """
+    _check_options(max_drop, step, max_rounds, fallback_precision, rank)
+    fp32_onnx, out = Path(fp32_onnx), Path(out)
+    if out.resolve() == fp32_onnx.resolve():
+        raise UsageError(f"the INT8 output {out} would overwrite the FP32 model; choose another output path")
+    say = log or (lambda s: None)
+    t0 = time.perf_counter()
+    common = {"data_fingerprint": data_fingerprint, "method": method, "form": form, "per_channel": per_channel,
+              "percentile": percentile, "num_bins": num_bins}
+    with tempfile.TemporaryDirectory(prefix="edgeres-fallback-") as work:
+        cal = calibrate(fp32_onnx, calib_batches, Path(work), cache_path=cache_path, **common)
+        ev = Evaluator(fp32_onnx, val_batches_fn, max_images=max_val_images)
+
+        def evaluate(excluded: list[str], round_: int) -> AccuracyReport:
+            t = time.perf_counter()
+            s = ev.score(cal.build(excluded))
+            return ev.report(s, max_drop=max_drop, seconds=time.perf_counter() - t,
+                             context={"round": round_, "fallback_layers": list(excluded)})
+
+        excluded: list[str] = []
+        reports = [evaluate(excluded, 0)]
+        say(f"plain INT8: top-1 drop {reports[0].drop_top1:.2f} points (limit {max_drop})")
+        candidates = cal.nodes()
+        ranking: list[tuple[str, float]] = []
+        if not reports[0].passed and max_rounds != 0:
+            ranking = _rank(cal, ev, candidates, rank)
+            say("most harmful: " + ", ".join(f"{n} ({v:.3g})" for n, v in ranking[:5]))
+        queue = [n for n, _ in ranking]
+        while not reports[-1].passed and queue and (max_rounds is None or len(reports) - 1 < max_rounds):
+            excluded += queue[:step]
+            del queue[:step]
+            reports.append(evaluate(excluded, len(reports)))
+            say(f"round {len(reports) - 1}: {len(excluded)} layer(s) float, "
+                f"top-1 drop {reports[-1].drop_top1:.2f} points")
+        final = reports[-1]
+        result = FallbackResult(
+            path=None, drop_top1=final.drop_top1, baseline_drop_top1=reports[0].drop_top1,
+            fallback_layers=tuple(excluded), rounds=len(reports) - 1, reports=reports, passed=final.passed,
+            max_drop=max_drop, fallback_precision=fallback_precision, rank=rank, ranking=ranking,
+            num_candidates=len(candidates), all_fell_back=bool(candidates) and len(excluded) == len(candidates),
+        )
+        if not final.passed:
+            result.seconds = time.perf_counter() - t0
+            raise _regression(result)
+        if result.all_fell_back:
+            warnings.warn(f"every one of the {len(candidates)} quantized layers had to stay float to keep the top-1 "
+                          f"drop within {max_drop} points: the model is effectively {fallback_precision}; check the "
+                          "calibration data or try another --method", UserWarning, stacklevel=2)
+        tmp_out = Path(work) / "final.int8.onnx"
+        q = quantize(fp32_onnx, tmp_out, None, cache_path=cal.cache_path, exclude=frozenset(excluded), **common)
+        _record(tmp_out, out, result)  # out appears only now, complete with its fallback record
+    result.path, result.quantize_result = out, replace(q, path=out)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _rank(cal, ev: Evaluator, candidates: list[str], rank: str) -> list[tuple[str, float]]:
+    """Candidates most harmful first, with their score.
+
+    ``proxy``: local output error (one pass); ``fp32-one`` / ``int8-one``: the logit error
+    each node gives back when kept float / costs when quantized alone (one model each).
+    """
+    if rank == "proxy":
+        scores = local_errors(cal, [ev.inputs[:DEFAULT_PROBE_IMAGES]], candidates)
+    else:
+        scores = {r.name: r.harm_error for r in measure(cal, ev, candidates, rank)}
+    return sorted(scores.items(), key=lambda kv: -kv[1])
+
+
+def _regression(result: FallbackResult) -> AccuracyRegression:
+    final = result.reports[-1]
+    if result.all_fell_back or result.num_candidates == 0:
+        msg = (f"top-1 drop is {final.drop_top1:.2f} points even with all {result.num_candidates} quantized layers "
+               f"kept float (limit {result.max_drop}); the limit cannot be met on this data: "
+               "raise --max-drop or use --precision fp32")
+    else:
+        msg = (f"top-1 drop is still {final.drop_top1:.2f} points after {result.rounds} fallback round(s) "
+               f"({len(result.fallback_layers)} of {result.num_candidates} layers float; limit {result.max_drop}); "
+               "allow more rounds, a larger fallback step or a larger --max-drop")
+    err = AccuracyRegression(msg)
+    err.result = result  # type: ignore[attr-defined]
+    return err
+
+
+def _record(src: Path, dest: Path, result: FallbackResult) -> None:
+    """Write ``src`` to ``dest`` (atomically) with the fallback layers (in order) and drops in its metadata."""
+    import onnx
+
+    model = onnx.load(str(src))
+    record = read_quantization_metadata(model) or {}
+    record["fallback_layers"] = list(result.fallback_layers)
+    record["fallback"] = result.metadata()
+    for prop in model.metadata_props:
+        if prop.key == QUANT_METADATA_KEY:
+            prop.value = json.dumps(record)
+    with atomic_path(dest) as tmp:
+        onnx.save(model, str(tmp))
