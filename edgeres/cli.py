@@ -322,9 +322,10 @@ def quickstart(
     console.print(f"bundle: {res.bundle}   try: edgeres run {res.bundle} IMAGE.png")
 
 
-from edgeres import cli_deploy, cli_quantize  # noqa: E402
+from edgeres import cli_deploy, cli_quantize, cli_tune  # noqa: E402
 
 cli_quantize.register(app, console)
+cli_tune.register(app, console)
 cli_deploy.register(app, console)
 
 

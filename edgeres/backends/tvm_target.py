@@ -66,6 +66,10 @@ def parse_options(target: Any, options: Mapping[str, Any] | None = None) -> TvmO
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise UsageError(f"{where}: threads must be a positive integer, got {threads!r}")
     db = merged.get("tuning_db")
+    if db:
+        from edgeres.tuning import resolve_db_dir
+
+        db = resolve_db_dir(db)
     db_path = check_tuning_db(db) if db else None
     return TvmOptions(target=_thaw(tvm_target), layout=layout, schedule=schedule, tuning_db=db_path,
                       threads=threads)

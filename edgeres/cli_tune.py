@@ -1,0 +1,48 @@
+"""``edgeres tune``: MetaSchedule tuning into a reusable database (registered on the app in cli.py)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+
+def register(app: typer.Typer, console) -> None:  # noqa: ANN001
+    @app.command(name="tune")
+    def tune_cmd(
+        source: str = typer.Argument(..., metavar="MODEL_OR_ONNX",
+                                     help="Checkpoint (.pt), ONNX file or zoo name (resnet18, resnet50, ...)."),
+        target: str = typer.Option(..., "--target", "-t", help="A TVM target (x86-64-host, x86-64, ...)."),
+        trials: int = typer.Option(..., "--trials", help="Measured candidates in this run, over all tasks."),
+        db: Path = typer.Option(..., "--db", help="Database directory (created; tasks it holds are skipped)."),
+        trials_per_task: Optional[int] = typer.Option(None, "--trials-per-task",
+                                                      help="Cap per task (default: an even share, at least 8)."),
+        time_budget: Optional[str] = typer.Option(None, "--time-budget", help="Stop after this long: 2h, 30m, 90s."),
+        weights: Optional[str] = typer.Option(None, "--weights",
+                                              help="Weights for a zoo name; tuning needs only the graph, so the "
+                                                   "default for zoo names is 'random'."),
+        option: Optional[List[str]] = typer.Option(None, "--option",
+                                                   help="TVM backend option key=value, as for compile (layout=NHWC)."),
+        quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    ):
+        """Tune a model's TVM kernels with MetaSchedule; compile applies the database with --tuning-db DIR."""
+        from edgeres.cli_deploy import parse_options
+        from edgeres.export import OnnxSource, export_onnx, resolve_source
+        from edgeres.targets import get_target
+        from edgeres.tuning import parse_duration, tune
+
+        budget = parse_duration(time_budget) if time_budget else None
+        tgt = get_target(target)
+        p = Path(source)
+        is_file = p.suffix.lower() in (".onnx", ".pt", ".pth", ".ckpt", ".bin") or p.exists() or "/" in source
+        src = resolve_source(source, weights if (weights or is_file) else "random")
+        with tempfile.TemporaryDirectory(prefix="edgeres-tune-") as tmp:
+            onnx_path = src.path if isinstance(src, OnnxSource) else export_onnx(src, Path(tmp) / "model.onnx").path
+            res = tune(onnx_path, tgt, db, trials=trials, trials_per_task=trials_per_task, time_budget_s=budget,
+                       progress=not quiet, log=lambda s: console.print(f"  {s}"), options=parse_options(option))
+        console.print(f"[green]tuned[/green] {res.tasks_tuned} of {res.tasks_found} tasks "
+                      f"({res.tasks_skipped} already in the database), {res.trials} trials in {res.seconds:.0f} s "
+                      f"-> {res.db_dir}")
+        console.print(f"apply it: edgeres compile MODEL --target {tgt.name} --tuning-db {res.db_dir}")
