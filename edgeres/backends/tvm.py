@@ -343,7 +343,8 @@ class TvmRunner:
         self.input_shape = tuple(artifact.input_shape)
         out = artifact.info.get("output_shape") or []
         self.num_classes: int | None = int(out[-1]) if out else None
-        self.threads = set_threads(threads) if threads else None
+        # like ONNX Runtime, use every core unless told otherwise (TVM's own default is half on x86)
+        self.threads = set_threads(threads or int(os.environ.get("TVM_NUM_THREADS") or 0) or (os.cpu_count() or 1))
         try:
             lib = tvm.runtime.load_module(str(artifact.path))
             self._vm = relax.VirtualMachine(lib, tvm.cpu())
