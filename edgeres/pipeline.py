@@ -45,10 +45,12 @@ def resolve_precision(target: Target, precision: str | None) -> str:
 
 
 def _open(spec: str, split: str, pre: Preprocessing, *, limit: int | None, allow_unlabelled: bool = False):
+    """Open ``spec`` with the model's preprocessing. Labels are matched to the model's classes by
+    name, except for calibration, which needs images only (any folder of images will do)."""
     from edgeres.data import open_dataset
 
-    return open_dataset(spec, split, pre, class_names=pre.class_names or None, limit=limit,
-                        allow_unlabelled=allow_unlabelled)
+    names = None if split == "calib" else (pre.class_names or None)
+    return open_dataset(spec, split, pre, class_names=names, limit=limit, allow_unlabelled=allow_unlabelled)
 
 
 def calib_batches(ds, batch_size: int = 32) -> Callable[[], Any]:
