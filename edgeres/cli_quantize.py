@@ -28,25 +28,17 @@ def register(app: typer.Typer, console) -> None:  # noqa: ANN001
     ):
         """Quantize an ONNX model to explicit Q/DQ INT8 with calibration images."""
         from edgeres.export import onnx_source
-        from edgeres.pipeline import _open, calib_batches, quantize_stage
-        from edgeres.targets import parse_target
+        from edgeres.pipeline import open_calibration, open_data, quantize_stage
 
         src = onnx_source(onnx_path)
         if calib is None and (calib_cache is None or not calib_cache.is_file()):
             raise UsageError("pass --calib DIR (calibration images) or an existing --calib-cache FILE")
-        if num_calib < 1:
-            raise UsageError("--num-calib must be at least 1")
         if max_drop is not None and val is None:
             raise UsageError("--max-drop needs --val DIR (labelled images to measure the drop on)")
-        batches, fingerprint = None, None
-        if calib:
-            ds = _open(calib, "calib", src.preprocessing, limit=num_calib, allow_unlabelled=True)
-            batches, fingerprint = calib_batches(ds), ds.fingerprint()
-        val_ds = _open(val, "val", src.preprocessing, limit=val_limit) if val else None
-        form_target = parse_target({"name": f"form-{form}", "backend": "onnxruntime", "precisions": ["int8"],
-                                    "qdq_form": form})
+        batches, fingerprint = open_calibration(calib, src.preprocessing, num_calib)
+        val_ds = open_data(val, "val", src.preprocessing, limit=val_limit) if val else None
         cache = calib_cache or out.with_suffix(".calib.json")
-        res, fb = quantize_stage(onnx_path, out, batches, fingerprint, form_target, method=method,
+        res, fb = quantize_stage(onnx_path, out, batches, fingerprint, form=form, method=method,
                                  per_channel=per_channel, percentile=percentile, cache_path=cache, val_ds=val_ds,
                                  max_drop=(1.0 if max_drop is None else max_drop) if val_ds is not None else None,
                                  log=lambda s: console.print(f"  {s}"))
@@ -76,17 +68,14 @@ def register(app: typer.Typer, console) -> None:  # noqa: ANN001
         """Per-layer INT8 sensitivity: effect on output error and top-1 of each layer's quantization."""
         from edgeres.data import iter_batches
         from edgeres.export import onnx_source
-        from edgeres.pipeline import EVAL_BATCH, _open, calib_batches
+        from edgeres.pipeline import EVAL_BATCH, open_calibration, open_data
         from edgeres.quantize.sensitivity import analyze
 
         src = onnx_source(onnx_path)
         if calib is None and (calib_cache is None or not calib_cache.is_file()):
             raise UsageError("pass --calib DIR (calibration images) or an existing --calib-cache FILE")
-        batches, fingerprint = None, None
-        if calib:
-            cds = _open(calib, "calib", src.preprocessing, limit=num_calib, allow_unlabelled=True)
-            batches, fingerprint = calib_batches(cds), cds.fingerprint()
-        vds = _open(val, "val", src.preprocessing, limit=val_limit)
+        batches, fingerprint = open_calibration(calib, src.preprocessing, num_calib)
+        vds = open_data(val, "val", src.preprocessing, limit=val_limit)
         rep = analyze(onnx_path, batches, lambda: iter_batches(vds, EVAL_BATCH), data_fingerprint=fingerprint,
                       method=method, form=form, cache_path=calib_cache, mode=mode)
         console.print(rep.table(limit=top))

@@ -44,7 +44,7 @@ def resolve_precision(target: Target, precision: str | None) -> str:
     return p
 
 
-def _open(spec: str, split: str, pre: Preprocessing, *, limit: int | None, allow_unlabelled: bool = False):
+def open_data(spec: str, split: str, pre: Preprocessing, *, limit: int | None, allow_unlabelled: bool = False):
     """Open ``spec`` with the model's preprocessing. Labels are matched to the model's classes by
     name, except for calibration, which needs images only (any folder of images will do)."""
     from edgeres.data import open_dataset
@@ -53,10 +53,18 @@ def _open(spec: str, split: str, pre: Preprocessing, *, limit: int | None, allow
     return open_dataset(spec, split, pre, class_names=names, limit=limit, allow_unlabelled=allow_unlabelled)
 
 
-def calib_batches(ds, batch_size: int = 32) -> Callable[[], Any]:
+def open_calibration(calib: str | None, pre: Preprocessing, num_calib: int,
+                     batch_size: int = 32) -> tuple[Callable[[], Any] | None, str | None]:
+    """(zero-arg callable yielding calibration batches, data fingerprint), or (None, None) without
+    ``calib`` (a calibration cache must then supply the ranges)."""
     from edgeres.data import iter_batches
 
-    return lambda: (x for x, _ in iter_batches(ds, batch_size))
+    if num_calib < 1:
+        raise UsageError("--num-calib must be at least 1")
+    if not calib:
+        return None, None
+    ds = open_data(calib, "calib", pre, limit=num_calib, allow_unlabelled=True)
+    return (lambda: (x for x, _ in iter_batches(ds, batch_size))), ds.fingerprint()
 
 
 def export_stage(source: Any, dest: Path, preprocessing: Preprocessing | None = None) -> tuple[Preprocessing, str, dict]:
@@ -113,8 +121,6 @@ def compile_bundle(
     prec = resolve_precision(tgt, precision)
     if prec == "int8" and not calib and not calib_cache:
         raise UsageError("--precision int8 needs calibration images: pass --calib DIR (or --calib-cache FILE)")
-    if num_calib < 1:
-        raise UsageError("--num-calib must be at least 1")
     backend = get_backend(tgt.backend, require=False)
     timings: dict[str, float] = {}
     notes: list[str] = []
@@ -129,20 +135,19 @@ def compile_bundle(
         log(f"exported FP32 ONNX in {timings['export']:.1f} s")
         (tmp / LABELS).write_text("".join(f"{c}\n" for c in pre.class_names))
         if val:
-            val_ds = _open(val, "val", pre, limit=val_limit)
+            val_ds = open_data(val, "val", pre, limit=val_limit)
         deploy_onnx = tmp / FP32_ONNX
         quant_info: dict[str, Any] | None = None
         if prec == "int8":
             t = time.perf_counter()
-            batches, fingerprint = None, None
-            if calib:
-                cds = _open(calib, "calib", pre, limit=num_calib, allow_unlabelled=True)
-                batches, fingerprint = calib_batches(cds), cds.fingerprint()
+            batches, fingerprint = open_calibration(calib, pre, num_calib)
             cache_dest = tmp / CALIB_CACHE
             if calib_cache and Path(calib_cache).is_file():
                 shutil.copyfile(calib_cache, cache_dest)
             q, fb_record = quantize_stage(
-                tmp / FP32_ONNX, tmp / INT8_ONNX, batches, fingerprint, tgt, method=method, per_channel=per_channel,
+                tmp / FP32_ONNX, tmp / INT8_ONNX, batches, fingerprint, form=tgt.qdq_form,
+                fallback_precision="fp16" if tgt.device != "cpu" and "fp16" in tgt.precisions else "fp32",
+                method=method, per_channel=per_channel,
                 percentile=percentile, cache_path=cache_dest, val_ds=val_ds if fallback else None,
                 max_drop=threshold, log=log)
             if calib_cache and not Path(calib_cache).is_file():
@@ -265,15 +270,16 @@ def _validate(fp32_onnx: Path, deploy_onnx: Path, artifact: Any, backend: Any, d
     return compare(reference, runner, iter_batches(ds, EVAL_BATCH), max_drop=max_drop, context=ctx)
 
 
-def quantize_stage(fp32: Path, out: Path, batches: Any, fingerprint: str | None, tgt: Target, *, method: str,
+def quantize_stage(fp32: Path, out: Path, batches: Any, fingerprint: str | None, *, form: str, method: str,
                    per_channel: bool, percentile: float, cache_path: Path | None, val_ds: Any = None,
-                   max_drop: float | None = None, log: Callable[[str], None] = lambda s: None):
-    """Quantize for ``tgt``'s Q/DQ form. With validation data, guarantee ``max_drop`` by falling
-    back the most harmful layers to FP32 (FP16 on GPU targets). Returns (QuantizeResult, fallback record)."""
+                   max_drop: float | None = None, fallback_precision: str = "fp32",
+                   log: Callable[[str], None] = lambda s: None):
+    """Quantize to the Q/DQ ``form``. With validation data, guarantee ``max_drop`` by keeping the
+    most harmful layers in ``fallback_precision``. Returns (QuantizeResult, fallback record or None)."""
     from edgeres.quantize import quantize
 
     if val_ds is None or max_drop is None:
-        q = quantize(fp32, out, batches, data_fingerprint=fingerprint, method=method, form=tgt.qdq_form,
+        q = quantize(fp32, out, batches, data_fingerprint=fingerprint, method=method, form=form,
                      per_channel=per_channel, percentile=percentile, cache_path=cache_path)
         return q, None
     from edgeres.data import iter_batches
@@ -281,9 +287,8 @@ def quantize_stage(fp32: Path, out: Path, batches: Any, fingerprint: str | None,
 
     fb = quantize_with_fallback(
         fp32, out, batches, lambda: iter_batches(val_ds, EVAL_BATCH), max_drop=max_drop,
-        data_fingerprint=fingerprint, method=method, form=tgt.qdq_form, per_channel=per_channel,
-        percentile=percentile, cache_path=cache_path,
-        fallback_precision="fp16" if tgt.device != "cpu" and "fp16" in tgt.precisions else "fp32", log=log,
+        data_fingerprint=fingerprint, method=method, form=form, per_channel=per_channel,
+        percentile=percentile, cache_path=cache_path, fallback_precision=fallback_precision, log=log,
     )
     return fb.quantize_result, {**fb.metadata(), "layers": list(fb.fallback_layers)}
 
@@ -303,7 +308,7 @@ def validate_bundle(bundle: str | os.PathLike | Bundle, data: str, *, max_drop: 
     if art is not None and not backend.available():
         get_backend(b.backend)  # raises BackendUnavailable with the install hint
     threshold = max_drop if max_drop is not None else b.manifest["target"].get("max_drop")
-    ds = _open(data, "val", b.preprocessing, limit=limit)
+    ds = open_data(data, "val", b.preprocessing, limit=limit)
     ctx = {"model": b.manifest["model"]["name"], "target": b.target_name, "precision": b.precision,
            "bundle": str(b.root), "data": str(data)}
     return _validate(b.file("fp32"), b.deploy_onnx, art, backend, ds, threshold, ctx)
