@@ -179,7 +179,7 @@ def seed_builtin(tasks: list[Any], db: Any, target: Any, builder: Any, runner: A
         mod = task.dispatched[0]
         try:
             with target:
-                sch = schedule_func(mod["main"])
+                sch = schedule_func(mod["main"], target)
         except Exception:  # noqa: BLE001 - best effort: no seed for this task
             sch = None
         if sch is not None:

@@ -1,9 +1,11 @@
 """Apache TVM (Relax) backend: ONNX -> shared library for a CPU target.
 
 Flow: ``relax.frontend.onnx.from_onnx`` with a static batch (the target's
-``batch_size``) -> optional NCHW->NHWC conversion -> ``relax.get_pipeline("zero")``
-(legalize, fold constants, fuse; applies a MetaSchedule database when one is given)
--> edgeres' default CPU schedule for the rest (:mod:`edgeres.backends.tvm_schedule`)
+``batch_size``) -> NCHW->NHWC conversion (the default layout) -> float32 convolutions
+legalized to edgeres' packed-weight kernel (:mod:`edgeres.backends.tvm_conv`), the rest by
+``relax.get_pipeline("zero")`` (legalize, fold constants, fuse) -> the MetaSchedule
+database's schedules, when one is given -> edgeres' default CPU schedule for the rest
+(:mod:`edgeres.backends.tvm_schedule`)
 -> ``tvm.compile`` -> ``model.so`` (linked by the cross compiler for other architectures,
 see :mod:`edgeres.backends.tvm_cross`) plus ``model.tvm.json``, a sidecar that lets
 :func:`load` work from the ``.so`` path alone.
@@ -12,8 +14,8 @@ INT8: TVM imports a Q/DQ model as ``quantize -> dequantize -> float conv``; no R
 turns it into integer kernels. The artifact reproduces the INT8 model's numerics but
 runs float arithmetic (``info["int8_kernels"] = False``).
 
-Options: see :mod:`edgeres.backends.tvm_target` (``target``, ``layout``, ``schedule``,
-``tuning_db``, ``threads``).
+Options: see :mod:`edgeres.backends.tvm_target` (``target``, ``layout``, ``conv``,
+``schedule``, ``tuning_db``, ``threads``).
 """
 
 from __future__ import annotations
@@ -167,6 +169,10 @@ def lower(mod: Any, tvm_target: Any, opts: tt.TvmOptions) -> Any:
         mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})(mod)
         mod = relax.transform.FoldConstant()(mod)
     with tvm_target:
+        if opts.conv == "packed" and tvm_target.kind.name == "llvm":
+            from edgeres.backends.tvm_conv import legalize_map
+
+            mod = relax.transform.LegalizeOps(legalize_map())(mod)  # the rest: TVM's legalization
         return relax.get_pipeline("zero")(mod)
 
 

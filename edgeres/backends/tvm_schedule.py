@@ -18,10 +18,12 @@ schedule (no search) for every TIR function a tuning database did not cover:
 Every rule is best-effort: if a schedule primitive refuses (an unexpected loop nest),
 that function keeps TVM's default lowering, which is always correct.
 
-Measured (batch 1, one thread, busy shared 2-core AMD EPYC, best of N): ResNet-20 at
-32x32 went from ~60 ms (TVM default lowering) to 1.6 ms with mcpu=znver3 and 3.7 ms
-with x86-64-v2 (ONNX Runtime: 1.3 ms); ResNet-18 at 224x224 runs in ~95-125 ms with
-znver3 (ONNX Runtime: 45-70 ms) and ~380 ms (NHWC) / ~490 ms (NCHW) with x86-64-v2.
+NHWC float32 convolutions normally arrive here as edgeres' packed-weight kernel and are
+scheduled by :func:`edgeres.backends.tvm_conv.schedule_packed`; the NCHW/NHWC TOPI rules
+below serve ``layout = "NCHW"``, ``conv = "topi"`` and convolutions the packed kernel does
+not take (grouped, non-float32). Measured earlier (batch 1, 2-core AMD EPYC znver3, ORT
+MLAS as reference): the NCHW rule ran ResNet-50 in ~159 ms against ORT's ~60 ms; the packed
+kernel is what closed most of that gap (see the README's benchmark table).
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ NHWC_COLUMNS = 8
 NHWC_CHANNELS = 8
 # Tile of the vectorized axis of other reductions (matmul).
 REDUCTION_VECTOR = 16
+# Vector width (elements) of the innermost loop of padding/elementwise passes.
+INJECTIVE_VECTOR = 16
 _DATA_PAR, _COMM_REDUCE = 0, 2  # tvm IterVar kinds
 
 
@@ -54,12 +58,12 @@ def default_schedule_pass() -> Any:
         def apply(self, func: Any, target: Any, tunable: bool) -> Any:
             if target.kind.name != "llvm":
                 return None
-            return schedule_func(func)
+            return schedule_func(func, target)
 
     return dl.ApplyDefaultSchedule(CpuDefault())
 
 
-def schedule_func(func: Any) -> Any:
+def schedule_func(func: Any, target: Any = None) -> Any:
     """Schedule one PrimFunc; return a ``tvm.s_tir.Schedule``, or None to keep the default lowering."""
     from tvm import s_tir
 
@@ -68,7 +72,7 @@ def schedule_func(func: Any) -> Any:
         blocks = list(sch.get_child_blocks(sch.get_sblock("root")))
         reductions = [b for b in blocks if _COMM_REDUCE in _iter_types(sch, b)]
         if len(reductions) == 1:
-            _schedule_reduction(sch, reductions[0])
+            _schedule_reduction(sch, reductions[0], target)
         elif not reductions and blocks:
             _schedule_injective(sch, blocks)
         else:
@@ -129,9 +133,24 @@ def _schedule_injective(sch: Any, blocks: list[Any]) -> None:
         loops = list(sch.get_loops(block))
         if len(loops) > 1:
             _parallelize(sch, loops[:-1])
+            _vectorize_inner(sch, loops[-1])
         elif loops and (_extent(sch, loops[0]) or 0) >= 64:
-            outer, _ = sch.split(loops[0], factors=[None, 16])
+            outer, inner = sch.split(loops[0], factors=[None, 16])
             sch.parallel(outer)
+            _vectorize_inner(sch, inner)
+
+
+def _vectorize_inner(sch: Any, loop: Any) -> None:
+    """Vectorize (a 4..16-wide inner part of) ``loop`` where that is possible; else leave it."""
+    ext = _extent(sch, loop) or 0
+    lanes = _largest_divisor(ext, INJECTIVE_VECTOR)
+    if lanes < 4:
+        return
+    try:
+        inner = sch.split(loop, factors=[None, lanes])[1] if lanes < ext else loop
+        sch.vectorize(inner)
+    except Exception:  # noqa: BLE001 - e.g. an opaque access: stay scalar
+        pass
 
 
 def _fold_epilogues(sch: Any, writer: Any) -> None:
@@ -152,7 +171,13 @@ def _vectorize_tile(sch: Any, loops: Any) -> None:
         sch.vectorize(loops[-1])
 
 
-def _schedule_reduction(sch: Any, block: Any) -> None:
+def _schedule_reduction(sch: Any, block: Any, target: Any = None) -> None:
+    name = sch.get(block).name_hint
+    if name.startswith("conv2d_nhwc_packed"):
+        from edgeres.backends.tvm_conv import schedule_packed
+
+        schedule_packed(sch, block, target)
+        return
     types = _iter_types(sch, block)
     loops = list(sch.get_loops(block))
     if len(loops) != len(types) or types != sorted(types) or any(t not in (_DATA_PAR, _COMM_REDUCE) for t in types):
@@ -160,7 +185,6 @@ def _schedule_reduction(sch: Any, block: Any) -> None:
     for pro in _siblings(sch, block)[0]:  # padding: its own parallel pass over memory
         _schedule_injective(sch, [pro])
     n_spatial = types.count(_DATA_PAR)
-    name = sch.get(block).name_hint
     if n_spatial == 4 and len(types) == 7 and name.startswith("conv2d_nhwc"):
         _schedule_conv(sch, block, loops, nhwc=True)
     elif n_spatial == 4 and len(types) == 7 and name.startswith("conv2d_nchw"):

@@ -5,10 +5,11 @@ The table is passed through verbatim except for what edgeres adds on top:
 ``target``      the ``tvm.target.Target`` dict (``{kind="llvm", mtriple=..., mcpu=...}``);
                 ``mcpu = "native"`` means this machine's CPU, resolved to the name LLVM
                 detects (e.g. ``"znver3"``, ``"sapphirerapids"``).
-``layout``      ``"NCHW"`` (default) or ``"NHWC"``: the convolution layout TVM compiles.
-                NHWC vectorizes over output channels, which suits narrow vector units
-                (SSE) and late ResNet stages whose 7- or 14-wide rows vectorize badly;
-                NCHW is faster with AVX2 and wider.
+``layout``      ``"NHWC"`` (default) or ``"NCHW"``: the layout TVM compiles the graph in
+                (the ONNX model stays NCHW at its input and output).
+``conv``        ``"packed"`` (default): NHWC float32 convolutions use edgeres' packed-weight
+                kernel (:mod:`edgeres.backends.tvm_conv`); ``"topi"``: TVM's own
+                convolution. Only applies with ``layout = "NHWC"``.
 ``schedule``    ``"builtin"`` (default): edgeres' deterministic CPU schedule for every
                 operator a tuning database does not cover; ``"none"``: TVM's naive default
                 lowering (single thread, no blocking; slow, for debugging).
@@ -29,7 +30,8 @@ from edgeres.errors import InputError, UsageError
 
 LAYOUTS = ("NCHW", "NHWC")
 SCHEDULES = ("builtin", "none")
-OPTION_KEYS = ("target", "layout", "schedule", "tuning_db", "threads")
+CONVS = ("packed", "topi")
+OPTION_KEYS = ("target", "layout", "conv", "schedule", "tuning_db", "threads")
 TUNING_DB_FILES = ("database_workload.json", "database_tuning_record.json")
 
 
@@ -38,7 +40,8 @@ class TvmOptions:
     """The resolved ``[tvm]`` options of one compile."""
 
     target: dict[str, Any]  # as given (``mcpu`` may still say "native")
-    layout: str = "NCHW"
+    layout: str = "NHWC"
+    conv: str = "packed"
     schedule: str = "builtin"
     tuning_db: Path | None = None
     threads: int | None = None
@@ -56,9 +59,12 @@ def parse_options(target: Any, options: Mapping[str, Any] | None = None) -> TvmO
     if isinstance(tvm_target, str) or not isinstance(tvm_target, Mapping) or "kind" not in tvm_target:
         raise UsageError(f"{where}: target must be a table such as {{ kind = \"llvm\", mcpu = \"native\" }}, "
                          f"got {tvm_target!r} (TVM 0.27 rejects \"llvm -mcpu=...\" strings)")
-    layout = str(merged.get("layout", "NCHW")).upper()
+    layout = str(merged.get("layout", "NHWC")).upper()
     if layout not in LAYOUTS:
         raise UsageError(f"{where}: layout must be one of {list(LAYOUTS)}, got {merged.get('layout')!r}")
+    conv = str(merged.get("conv", "packed")).lower()
+    if conv not in CONVS:
+        raise UsageError(f"{where}: conv must be one of {list(CONVS)}, got {merged.get('conv')!r}")
     schedule = str(merged.get("schedule", "builtin"))
     if schedule not in SCHEDULES:
         raise UsageError(f"{where}: schedule must be one of {list(SCHEDULES)}, got {schedule!r}")
@@ -71,7 +77,7 @@ def parse_options(target: Any, options: Mapping[str, Any] | None = None) -> TvmO
 
         db = resolve_db_dir(db)
     db_path = check_tuning_db(db) if db else None
-    return TvmOptions(target=_thaw(tvm_target), layout=layout, schedule=schedule, tuning_db=db_path,
+    return TvmOptions(target=_thaw(tvm_target), layout=layout, conv=conv, schedule=schedule, tuning_db=db_path,
                       threads=threads)
 
 
