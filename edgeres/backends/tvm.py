@@ -166,6 +166,9 @@ def lower(mod: Any, tvm_target: Any, opts: tt.TvmOptions) -> Any:
     from tvm import relax
 
     if opts.layout == "NHWC":
+        from edgeres.backends.tvm_qdq import fold_activation_qdq
+
+        mod = fold_activation_qdq(mod)  # else ConvertLayout wraps each Q/DQ pair in transposes
         mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})(mod)
         mod = relax.transform.FoldConstant()(mod)
     with tvm_target:

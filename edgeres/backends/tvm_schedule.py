@@ -182,8 +182,15 @@ def _schedule_reduction(sch: Any, block: Any, target: Any = None) -> None:
     loops = list(sch.get_loops(block))
     if len(loops) != len(types) or types != sorted(types) or any(t not in (_DATA_PAR, _COMM_REDUCE) for t in types):
         raise ValueError("loop nest is not spatial-then-reduction")
-    for pro in _siblings(sch, block)[0]:  # padding: its own parallel pass over memory
-        _schedule_injective(sch, [pro])
+    is_conv = name.startswith(("conv2d_nhwc", "conv2d_nchw"))
+    for pro in _siblings(sch, block)[0]:
+        if not is_conv:  # pooling: read through the padding instead of materializing it
+            try:
+                sch.compute_inline(pro)
+                continue
+            except Exception:  # noqa: BLE001 - not inlinable: its own pass
+                pass
+        _schedule_injective(sch, [pro])  # convolution padding: its own parallel pass over memory
     n_spatial = types.count(_DATA_PAR)
     if n_spatial == 4 and len(types) == 7 and name.startswith("conv2d_nhwc"):
         _schedule_conv(sch, block, loops, nhwc=True)

@@ -1,0 +1,74 @@
+"""Activation quantize->dequantize pairs as plain elementwise Relax ops (layout-transparent).
+
+A Q/DQ ONNX model imports into Relax as ``R.quantize`` -> ``R.dequantize`` around every
+activation. Relax's ConvertLayout has no layout rule for those two ops, so converting
+the graph to NHWC wrapped every pair in an NHWC->NCHW and an NCHW->NHWC transpose: two
+extra passes over each activation tensor (ResNet-50 INT8 ran ~40 % slower than FP32).
+
+With per-tensor (scalar) scale and zero point, ``dequantize(quantize(x))`` is
+``(max(min(round(x / s) + zp, qmax), qmin) - zp) * s``: exactly what TVM's own legalization of
+the pair computes (the integer value is held exactly in float32), written with
+``divide/round/add/minimum/maximum/subtract/multiply``, which ConvertLayout propagates and FuseOps
+fuses into the neighbouring convolution's epilogue. Per-channel pairs (weights: constant,
+folded at compile time anyway) are left as they are.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+_RANGES = {"uint8": (0, 255), "int8": (-128, 127), "uint16": (0, 65535), "int16": (-32768, 32767)}
+
+
+def _scalar(expr: Any) -> float | None:
+    from tvm import ir
+
+    if not isinstance(expr, ir.expr.Constant):
+        return None
+    value = np.asarray(expr.value.numpy() if hasattr(expr.value, "numpy") else expr.value)
+    return float(value.reshape(-1)[0]) if value.size == 1 else None
+
+
+def fold_activation_qdq(mod: Any) -> Any:
+    """Rewrite every scalar-parameter ``dequantize(quantize(x))`` of ``mod`` into elementwise ops."""
+    from tvm import ir, relax
+
+    quantize_op, dequantize_op = ir.Op.get("relax.quantize"), ir.Op.get("relax.dequantize")
+
+    @relax.expr_functor.mutator
+    class _Rewriter(relax.PyExprMutator):  # type: ignore[misc]
+        def visit_call_(self, call: Any) -> Any:  # noqa: N802 - TVM's visitor name
+            call = super().visit_call_(call)
+            if not isinstance(call, relax.Call) or call.op != dequantize_op:
+                return call
+            src = call.args[0]
+            bound = self.lookup_binding(src) if isinstance(src, relax.Var) else src
+            if not isinstance(bound, relax.Call) or bound.op != quantize_op:
+                return call
+            x = bound.args[0]
+            q_scale, q_zp = _scalar(bound.args[1]), _scalar(bound.args[2])
+            d_scale, d_zp = _scalar(call.args[1]), _scalar(call.args[2])
+            qrange = _RANGES.get(str(bound.attrs.out_dtype))
+            out_dtype = str(call.attrs.out_dtype)
+            if None in (q_scale, q_zp, d_scale, d_zp) or qrange is None or out_dtype != "float32" \
+                    or str(x.ty.dtype) != "float32" or q_zp != d_zp:
+                return call
+            emit = self.builder_.emit
+            f32 = "float32"
+            t = emit(relax.op.divide(x, relax.const(np.float32(q_scale), f32)))
+            t = emit(relax.op.round(t))
+            t = emit(relax.op.add(t, relax.const(np.float32(q_zp), f32)))
+            t = emit(relax.op.minimum(t, relax.const(np.float32(qrange[1]), f32)))  # clip: no layout rule
+            t = emit(relax.op.maximum(t, relax.const(np.float32(qrange[0]), f32)))
+            t = emit(relax.op.subtract(t, relax.const(np.float32(d_zp), f32)))
+            return relax.op.multiply(t, relax.const(np.float32(d_scale), f32))
+
+    out = ir.IRModule({})
+    for gv, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            func = _Rewriter().visit_expr(func)
+        out[gv] = func
+    out = out.with_attrs(mod.attrs) if mod.attrs is not None else out
+    return relax.transform.DeadCodeElimination()(out)
