@@ -12,7 +12,9 @@ see :mod:`edgeres.backends.tvm_cross`) plus ``model.tvm.json``, a sidecar that l
 
 INT8: TVM imports a Q/DQ model as ``quantize -> dequantize -> float conv``; no Relax pass
 turns it into integer kernels. The artifact reproduces the INT8 model's numerics but
-runs float arithmetic (``info["int8_kernels"] = False``).
+runs float arithmetic (``info["int8_kernels"] = False``); activation Q/DQ pairs become
+elementwise ops fused into the convolutions' epilogues (:mod:`edgeres.backends.tvm_qdq`),
+so INT8 runs at about FP32 speed.
 
 Options: see :mod:`edgeres.backends.tvm_target` (``target``, ``layout``, ``conv``,
 ``schedule``, ``tuning_db``, ``threads``).
