@@ -179,7 +179,7 @@ def compile_cmd(
     fallback: bool = typer.Option(True, "--fallback/--no-fallback",
                                   help="With --val: keep the most harmful layers in FP32 until --max-drop holds."),
     tuning_db: Optional[Path] = typer.Option(None, "--tuning-db", help="TVM MetaSchedule database (edgeres tune)."),
-    option: Optional[List[str]] = typer.Option(None, "--option", help="Backend option key=value (threads=4, layout=NHWC, dla_core=0)."),
+    option: Optional[List[str]] = typer.Option(None, "--option", help="Backend option key=value (threads=4, layout=NCHW, conv=topi, dla_core=0)."),
     targets_dir: Optional[List[Path]] = TargetsDir,
 ):
     """Export, quantize, compile and validate into a deployment bundle."""

@@ -24,7 +24,7 @@ def register(app: typer.Typer, console) -> None:  # noqa: ANN001
                                               help="Weights for a zoo name; tuning needs only the graph, so the "
                                                    "default for zoo names is 'random'."),
         option: Optional[List[str]] = typer.Option(None, "--option",
-                                                   help="TVM backend option key=value, as for compile (layout=NHWC)."),
+                                                   help="TVM backend option key=value, as for compile (layout=NCHW, conv=topi)."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     ):
         """Tune a model's TVM kernels with MetaSchedule; compile applies the database with --tuning-db DIR."""

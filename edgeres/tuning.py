@@ -166,7 +166,7 @@ def tune(source: Any, target: Any, db_dir: str | os.PathLike, *, trials: int, tr
     ``trials`` caps the measured candidates of this run (over all tasks), ``trials_per_task``
     those of one task (default: an even share, at least 8), ``time_budget_s`` the wall time
     (the batches in flight finish first). Tasks the database already holds are skipped.
-    ``options`` are TVM backend options (e.g. ``{"layout": "NHWC"}``), as given to compile.
+    ``options`` are TVM backend options (e.g. ``{"layout": "NCHW"}``), as given to compile.
     ``builder``: ``"in-process"`` (fast) or ``"local"`` (MetaSchedule's LocalBuilder).
     ``seed_builtin``: first measure edgeres' builtin schedule of each task and record it, so
     the database never holds a winner slower than compile's default (and the search starts there).
