@@ -203,6 +203,15 @@ def apply_schedules(mod: Any, tvm_target: Any, opts: tt.TvmOptions) -> tuple[Any
     return mod, tuned
 
 
+def conv_kernels(mod: Any) -> dict[str, int]:
+    """How many of ``mod``'s convolution functions use edgeres' packed kernel, and how many TVM's."""
+    from tvm import tirx
+
+    names = [gv.name_hint for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc) and "conv2d" in gv.name_hint]
+    packed = sum("conv2d_nhwc_packed" in n for n in names)
+    return {"packed": packed, "tvm": len(names) - packed}
+
+
 def tuning_module(onnx_path: str | os.PathLike, target: Any,
                   options: Mapping[str, Any] | None = None) -> tuple[Any, Any]:
     """``(IRModule, tvm.target.Target)`` exactly as :func:`compile` schedules it.
@@ -267,13 +276,14 @@ def compile(onnx_path: str | os.PathLike, target: Any, out_dir: str | os.PathLik
     del proto
     try:
         mod, tuned = apply_schedules(lower(imported.mod, tvm_target, opts), tvm_target, opts)
+        convs = conv_kernels(mod)
         import tvm
 
         executable = tvm.compile(mod, tvm_target)
     except (UsageError, InputError):
         raise
     except Exception as e:  # noqa: BLE001 - TVM raises TVMError, ValueError, ...
-        hint = ("retry with options schedule='none' to rule out edgeres' default schedule"
+        hint = ("retry with --option conv=topi, or schedule=none, to rule out edgeres' kernels and schedule"
                 if opts.schedule == "builtin" else "report the model and target to edgeres")
         raise CompileError(f"TVM could not compile {src.name} for {getattr(target, 'name', '?')}: "
                            f"{_first_line(e)}; {hint}") from e
@@ -288,6 +298,8 @@ def compile(onnx_path: str | os.PathLike, target: Any, out_dir: str | os.PathLik
         "tvm_target_str": str(tvm_target),
         "arch": tvm_cross.target_arch(target),
         "layout": opts.layout,
+        "conv": opts.conv,
+        "conv_kernels": convs,
         "schedule": opts.schedule,
         "tuning_db": str(opts.tuning_db) if opts.tuning_db else None,
         "tuned_functions": tuned,

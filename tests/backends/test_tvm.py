@@ -125,6 +125,12 @@ def test_qdq_model_compiles_and_matches_onnxruntime_on_the_same_model(host_int8,
 # -- artifact files, sidecar, load ------------------------------------------------------
 
 
+def test_every_resnet_convolution_uses_the_packed_kernel(host_fp32, generic_fp32):
+    for art in (host_fp32, generic_fp32):
+        assert art.info["layout"] == "NHWC" and art.info["conv"] == "packed"
+        assert art.info["conv_kernels"]["packed"] >= 5 and art.info["conv_kernels"]["tvm"] == 0, art.info
+
+
 def test_native_mcpu_is_resolved_to_the_host_cpu(host_fp32):
     from tvm.target import codegen
 
