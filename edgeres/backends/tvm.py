@@ -5,10 +5,10 @@ Flow: ``relax.frontend.onnx.from_onnx`` with a static batch (the target's
 legalized to edgeres' packed-weight kernel (:mod:`edgeres.backends.tvm_conv`), the rest by
 ``relax.get_pipeline("zero")`` (legalize, fold constants, fuse) -> the MetaSchedule
 database's schedules, when one is given -> edgeres' default CPU schedule for the rest
-(:mod:`edgeres.backends.tvm_schedule`)
--> ``tvm.compile`` -> ``model.so`` (linked by the cross compiler for other architectures,
-see :mod:`edgeres.backends.tvm_cross`) plus ``model.tvm.json``, a sidecar that lets
-:func:`load` work from the ``.so`` path alone.
+(:mod:`edgeres.backends.tvm_schedule`) -> ``tvm.compile`` -> ``model.so`` (linked by the
+cross compiler for other architectures, see :mod:`edgeres.backends.tvm_cross`) plus ``model.tvm.json``, a sidecar that lets
+:func:`load` work from the ``.so`` path alone. The lowering and scheduling steps live in
+:mod:`edgeres.backends.tvm_lower`.
 
 INT8: TVM imports a Q/DQ model as ``quantize -> dequantize -> float conv``; no Relax pass
 turns it into integer kernels. The artifact reproduces the INT8 model's numerics but
@@ -33,6 +33,7 @@ import numpy as np
 
 from edgeres.backends import tvm_target as tt
 from edgeres.backends.base import Artifact, run_in_chunks
+from edgeres.backends.tvm_lower import apply_schedules, conv_kernels, lower
 from edgeres.errors import BackendUnavailable, CompileError, InputError, UsageError
 from edgeres.fileio import write_json
 
@@ -161,55 +162,6 @@ def _output_shape(mod: Any, proto: Any) -> tuple[int, ...]:
     except Exception:  # noqa: BLE001 - tuple outputs, or another TVM version's spelling
         dims = proto.graph.output[0].type.tensor_type.shape.dim
         return tuple(int(d.dim_value) for d in dims)
-
-
-def lower(mod: Any, tvm_target: Any, opts: tt.TvmOptions) -> Any:
-    """Layout conversion, then legalization, constant folding and fusion (``get_pipeline("zero")``)."""
-    from tvm import relax
-
-    if opts.layout == "NHWC":
-        from edgeres.backends.tvm_qdq import fold_activation_qdq
-
-        mod = fold_activation_qdq(mod)  # else ConvertLayout wraps each Q/DQ pair in transposes
-        mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})(mod)
-        mod = relax.transform.FoldConstant()(mod)
-    with tvm_target:
-        if opts.conv == "packed" and tvm_target.kind.name == "llvm":
-            from edgeres.backends.tvm_conv import legalize_map
-
-            mod = relax.transform.LegalizeOps(legalize_map())(mod)  # the rest: TVM's legalization
-        return relax.get_pipeline("zero")(mod)
-
-
-def apply_schedules(mod: Any, tvm_target: Any, opts: tt.TvmOptions) -> tuple[Any, int]:
-    """Apply the tuning database (if any), then the builtin schedule to the remaining functions.
-
-    Returns the module and how many TIR functions the database scheduled.
-    """
-    from tvm import relax, tirx
-
-    with tvm_target:
-        if opts.tuning_db is not None:
-            from tvm.s_tir import meta_schedule as ms
-
-            with ms.database.JSONDatabase(work_dir=str(opts.tuning_db), allow_missing=False):
-                mod = relax.transform.MetaScheduleApplyDatabase()(mod)  # marks tirx.is_scheduled
-        tuned = sum(1 for _, f in mod.functions_items()
-                    if isinstance(f, tirx.PrimFunc) and f.attrs is not None and "tirx.is_scheduled" in f.attrs)
-        if opts.schedule == "builtin":
-            from edgeres.backends.tvm_schedule import default_schedule_pass
-
-            mod = default_schedule_pass()(mod)
-    return mod, tuned
-
-
-def conv_kernels(mod: Any) -> dict[str, int]:
-    """How many of ``mod``'s convolution functions use edgeres' packed kernel, and how many TVM's."""
-    from tvm import tirx
-
-    names = [gv.name_hint for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc) and "conv2d" in gv.name_hint]
-    packed = sum("conv2d_nhwc_packed" in n for n in names)
-    return {"packed": packed, "tvm": len(names) - packed}
 
 
 def tuning_module(onnx_path: str | os.PathLike, target: Any,

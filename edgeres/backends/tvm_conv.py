@@ -109,7 +109,7 @@ def packed_conv(data: Any, wp: Any, strides: list[int], padding: list[int], dila
     from tvm import te, tirx
 
     n, h, w, c = (int(d) for d in data.shape)
-    ko, kh, kw, c2, block = (int(d) for d in wp.shape)
+    ko, kh, kw, _, block = (int(d) for d in wp.shape)
     sh, sw = strides
     dh, dw = dilation
     pt, pl, pb, pr = padding if len(padding) == 4 else (padding * 4)[:4]
