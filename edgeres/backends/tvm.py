@@ -6,9 +6,9 @@ legalized to edgeres' packed-weight kernel (:mod:`edgeres.backends.tvm_conv`), t
 ``relax.get_pipeline("zero")`` (legalize, fold constants, fuse) -> the MetaSchedule
 database's schedules, when one is given -> edgeres' default CPU schedule for the rest
 (:mod:`edgeres.backends.tvm_schedule`) -> ``tvm.compile`` -> ``model.so`` (linked by the
-cross compiler for other architectures, see :mod:`edgeres.backends.tvm_cross`) plus ``model.tvm.json``, a sidecar that lets
-:func:`load` work from the ``.so`` path alone. The lowering and scheduling steps live in
-:mod:`edgeres.backends.tvm_lower`.
+cross compiler for other architectures, see :mod:`edgeres.backends.tvm_cross`) plus
+``model.tvm.json``, a sidecar that lets :func:`load` work from the ``.so`` path alone. The
+lowering and scheduling steps live in :mod:`edgeres.backends.tvm_lower`.
 
 INT8: TVM imports a Q/DQ model as ``quantize -> dequantize -> float conv``; no Relax pass
 turns it into integer kernels. The artifact reproduces the INT8 model's numerics but
