@@ -64,14 +64,15 @@ def build_runners(name: str, size: int | None, checkpoint: str | None, target: s
         return {"model": name, "input": f"{h}x{w}", "runner": runner, **extra}
 
     out = [(row("torch eager fp32"), torch_run), (row("onnxruntime fp32"), make_runner(fp32))]
+    tgt = get_target(target)
     int8 = None
     if "int8" in precisions:
         rng = np.random.default_rng(1)
         int8 = work / f"{name}.int8.onnx"
         quantize(fp32, int8, lambda: (rng.standard_normal((8, 3, h, w)).astype(np.float32) for _ in range(4)),
-                 data_fingerprint="bench-random", method="minmax", form="cpu", cache_path=None)
+                 data_fingerprint="bench-random", method="minmax", form="cpu", cache_path=None,
+                 reduce_range=tgt.reduce_range)  # as `edgeres compile` quantizes for this target
         out.append((row("onnxruntime int8 (qdq)"), make_runner(int8)))
-    tgt = get_target(target)
     backend = get_backend(tgt.backend)
     options = {"tuning_db": tuning_db} if tuning_db else None
     for prec in precisions:

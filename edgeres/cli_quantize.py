@@ -20,6 +20,8 @@ def register(app: typer.Typer, console) -> None:  # noqa: ANN001
         percentile: float = typer.Option(99.99, "--percentile"),
         num_calib: int = typer.Option(512, "--num-calib", help="Calibration images to use."),
         per_channel: bool = typer.Option(True, "--per-channel/--per-tensor"),
+        reduce_range: bool = typer.Option(
+            False, "--reduce-range", help="7-bit weights, for x86 CPUs without VNNI (as ONNX Runtime's reduce_range)"),
         form: str = typer.Option("cpu", "--form", help="Q/DQ form: cpu (ONNX Runtime/TVM) | tensorrt"),
         calib_cache: Optional[Path] = typer.Option(None, "--calib-cache", help="Reuse (or write) a calibration cache."),
         val: Optional[str] = typer.Option(None, "--val", help="Labelled images: fall back sensitive layers to meet --max-drop."),
@@ -39,10 +41,12 @@ def register(app: typer.Typer, console) -> None:  # noqa: ANN001
         val_ds = open_data(val, "val", src.preprocessing, limit=val_limit) if val else None
         cache = calib_cache or out.with_suffix(".calib.json")
         res, fb = quantize_stage(onnx_path, out, batches, fingerprint, form=form, method=method,
-                                 per_channel=per_channel, percentile=percentile, cache_path=cache, val_ds=val_ds,
+                                 per_channel=per_channel, reduce_range=reduce_range, percentile=percentile,
+                                 cache_path=cache, val_ds=val_ds,
                                  max_drop=(1.0 if max_drop is None else max_drop) if val_ds is not None else None,
                                  log=lambda s: console.print(f"  {s}"))
         console.print(f"[green]quantized[/green] {onnx_path} -> {res.path} ({res.method}, {res.form} form, "
+                      f"{'7-bit weights, ' if res.reduce_range else ''}"
                       f"{res.num_quantized_nodes} nodes INT8, {res.num_calib} calibration images"
                       f"{', cache hit' if res.cache_hit else ''}; cache {res.cache_path})")
         if fb is not None:
@@ -57,6 +61,8 @@ def register(app: typer.Typer, console) -> None:  # noqa: ANN001
         val: str = typer.Option(..., "--val", help="Labelled validation images."),
         method: str = typer.Option("entropy", "--method"),
         form: str = typer.Option("cpu", "--form"),
+        reduce_range: bool = typer.Option(
+            False, "--reduce-range", help="7-bit weights, for x86 CPUs without VNNI (as ONNX Runtime's reduce_range)"),
         mode: str = typer.Option("fp32-one", "--mode", help="fp32-one: INT8 but this layer | int8-one: only this layer INT8"),
         num_calib: int = typer.Option(512, "--num-calib"),
         val_limit: Optional[int] = typer.Option(500, "--val-limit"),
@@ -77,7 +83,7 @@ def register(app: typer.Typer, console) -> None:  # noqa: ANN001
         batches, fingerprint = open_calibration(calib, src.preprocessing, num_calib)
         vds = open_data(val, "val", src.preprocessing, limit=val_limit)
         rep = analyze(onnx_path, batches, lambda: iter_batches(vds, EVAL_BATCH), data_fingerprint=fingerprint,
-                      method=method, form=form, cache_path=calib_cache, mode=mode)
+                      method=method, form=form, cache_path=calib_cache, mode=mode, reduce_range=reduce_range)
         console.print(rep.table(limit=top))
         if json_out:
             rep.write_json(json_out)

@@ -147,14 +147,15 @@ def compile_bundle(
             q, fb_record = quantize_stage(
                 tmp / FP32_ONNX, tmp / INT8_ONNX, batches, fingerprint, form=tgt.qdq_form,
                 fallback_precision="fp16" if tgt.device != "cpu" and "fp16" in tgt.precisions else "fp32",
-                method=method, per_channel=per_channel,
+                method=method, per_channel=per_channel, reduce_range=tgt.reduce_range,
                 percentile=percentile, cache_path=cache_dest, val_ds=val_ds if fallback else None,
                 max_drop=threshold, log=log)
             if calib_cache and not Path(calib_cache).is_file():
                 shutil.copyfile(cache_dest, calib_cache)
             deploy_onnx = tmp / INT8_ONNX
             timings["quantize"] = time.perf_counter() - t
-            quant_info = {"method": q.method, "form": q.form, "per_channel": q.per_channel, "num_calib": q.num_calib,
+            quant_info = {"method": q.method, "form": q.form, "per_channel": q.per_channel,
+                          "reduce_range": q.reduce_range, "num_calib": q.num_calib,
                           "quantized_nodes": q.num_quantized_nodes, "excluded": list(q.excluded),
                           "cache_hit": q.cache_hit, "calib_data": calib, "calib_fingerprint": fingerprint,
                           "fallback": fb_record}
@@ -272,15 +273,17 @@ def _validate(fp32_onnx: Path, deploy_onnx: Path, artifact: Any, backend: Any, d
 
 def quantize_stage(fp32: Path, out: Path, batches: Any, fingerprint: str | None, *, form: str, method: str,
                    per_channel: bool, percentile: float, cache_path: Path | None, val_ds: Any = None,
-                   max_drop: float | None = None, fallback_precision: str = "fp32",
+                   max_drop: float | None = None, fallback_precision: str = "fp32", reduce_range: bool = False,
                    log: Callable[[str], None] = lambda s: None):
-    """Quantize to the Q/DQ ``form``. With validation data, guarantee ``max_drop`` by keeping the
-    most harmful layers in ``fallback_precision``. Returns (QuantizeResult, fallback record or None)."""
+    """Quantize to the Q/DQ ``form`` (``reduce_range``: 7-bit weights). With validation data, guarantee
+    ``max_drop`` by keeping the most harmful layers in ``fallback_precision``.
+    Returns (QuantizeResult, fallback record or None)."""
     from edgeres.quantize import quantize
 
     if val_ds is None or max_drop is None:
         q = quantize(fp32, out, batches, data_fingerprint=fingerprint, method=method, form=form,
-                     per_channel=per_channel, percentile=percentile, cache_path=cache_path)
+                     per_channel=per_channel, percentile=percentile, cache_path=cache_path,
+                     reduce_range=reduce_range)
         return q, None
     from edgeres.data import iter_batches
     from edgeres.quantize.fallback import quantize_with_fallback
@@ -288,7 +291,8 @@ def quantize_stage(fp32: Path, out: Path, batches: Any, fingerprint: str | None,
     fb = quantize_with_fallback(
         fp32, out, batches, lambda: iter_batches(val_ds, EVAL_BATCH), max_drop=max_drop,
         data_fingerprint=fingerprint, method=method, form=form, per_channel=per_channel,
-        percentile=percentile, cache_path=cache_path, fallback_precision=fallback_precision, log=log,
+        percentile=percentile, cache_path=cache_path, fallback_precision=fallback_precision,
+        reduce_range=reduce_range, log=log,
     )
     return fb.quantize_result, {**fb.metadata(), "layers": list(fb.fallback_layers)}
 
@@ -320,6 +324,7 @@ def get_target_from_manifest(b: Bundle) -> Target:
     t = dict(b.manifest["target"])
     rec = {k: t[k] for k in ("name", "description", "backend", "device", "arch", "precisions",
                               "default_precision", "qdq_form", "batch_size", "aliases")}
+    rec["reduce_range"] = t.get("reduce_range", False)  # absent from bundles made before the option
     rec["thresholds"] = {"max_drop": t["max_drop"]}
     rec[t["backend"]] = t.get("options", {})
     return parse_target(rec, f"{b.root}/manifest.json")

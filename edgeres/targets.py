@@ -68,6 +68,7 @@ class Target:
     aliases: tuple[str, ...] = ()
     options: Mapping[str, Any] = field(default_factory=dict)
     source: str = ""
+    reduce_range: bool = False  # 7-bit INT8 weights (x86 integer kernels without VNNI)
 
     def options_dict(self) -> dict[str, Any]:
         """A mutable deep copy of the backend options."""
@@ -83,6 +84,7 @@ class Target:
             "precisions": list(self.precisions),
             "default_precision": self.default_precision,
             "qdq_form": self.qdq_form,
+            "reduce_range": self.reduce_range,
             "batch_size": self.batch_size,
             "max_drop": self.max_drop,
             "aliases": list(self.aliases),
@@ -92,7 +94,7 @@ class Target:
 
 _REQUIRED = ("name", "backend", "precisions")
 _KNOWN = set(_REQUIRED) | {
-    "description", "device", "arch", "default_precision", "qdq_form", "batch_size",
+    "description", "device", "arch", "default_precision", "qdq_form", "reduce_range", "batch_size",
     "aliases", "thresholds", *BACKENDS,
 }
 
@@ -119,6 +121,9 @@ def parse_target(data: Mapping[str, Any], source: str = "<memory>") -> Target:
     qdq_form = data.get("qdq_form", "tensorrt" if backend == "tensorrt" else "cpu")
     if qdq_form not in QDQ_FORMS:
         raise InputError(f"{where}: qdq_form must be one of {list(QDQ_FORMS)}, got {qdq_form!r}")
+    reduce_range = data.get("reduce_range", False)
+    if not isinstance(reduce_range, bool):
+        raise InputError(f"{where}: reduce_range must be true or false, got {reduce_range!r}")
     batch_size = data.get("batch_size", 1)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"{where}: batch_size must be a positive integer, got {batch_size!r}")
@@ -135,6 +140,7 @@ def parse_target(data: Mapping[str, Any], source: str = "<memory>") -> Target:
         precisions=precisions,
         default_precision=default_precision,
         qdq_form=qdq_form,
+        reduce_range=reduce_range,
         batch_size=batch_size,
         max_drop=float(max_drop),
         aliases=tuple(str(a) for a in data.get("aliases", ())),

@@ -42,8 +42,9 @@ MODEL_FILE = "model.so"
 SIDECAR_SUFFIX = ".tvm.json"
 SIDECAR_FORMAT = "edgeres-tvm/1"
 PRECISIONS = ("fp32", "int8")
-INT8_NOTE = ("TVM runs the Q/DQ model as quantize->dequantize->float kernels: INT8 numerics, float speed; "
-             "no Relax pass lowers it to integer kernels")
+INT8_FLOAT_NOTE = ("quantized convolutions run as quantize->dequantize->float kernels (INT8 numerics, float "
+                   "speed): {why}")
+INT8_INTEGER_NOTE = ("{n} of {total} quantized convolutions run integer kernels ({kind}){rest}")
 
 
 # -- availability ---------------------------------------------------------------------
@@ -226,8 +227,9 @@ def compile(onnx_path: str | os.PathLike, target: Any, out_dir: str | os.PathLik
     batch = int(getattr(target, "batch_size", 1) or 1)
     imported = import_onnx(src, batch, proto)
     del proto
+    rewrite: dict[str, int] = {}
     try:
-        mod, tuned = apply_schedules(lower(imported.mod, tvm_target, opts), tvm_target, opts)
+        mod, tuned = apply_schedules(lower(imported.mod, tvm_target, opts, rewrite), tvm_target, opts)
         convs = conv_kernels(mod)
         import tvm
 
@@ -257,15 +259,38 @@ def compile(onnx_path: str | os.PathLike, target: Any, out_dir: str | os.PathLik
         "tuned_functions": tuned,
         "threads": opts.threads,
         "output_shape": list(imported.output_shape),
-        "int8_kernels": False,
+        "int8": opts.int8,
+        "int8_kernels": convs.get("packed_int8", 0) > 0,
     }
     if precision == "int8":
-        info["int8_note"] = INT8_NOTE
+        info["int8_note"] = _int8_note(opts, tvm_target, rewrite)
     artifact = Artifact(backend=NAME, path=so, precision=precision, input_name=imported.input_name,
                         input_shape=imported.input_shape, files=(MODEL_FILE, sidecar_path(so).name),
                         compile_seconds=seconds, info=info)
     write_json(sidecar_path(so), {"format": SIDECAR_FORMAT, **artifact.to_dict()})
     return artifact
+
+
+def _int8_note(opts: tt.TvmOptions, tvm_target: Any, rewrite: dict[str, int]) -> str:
+    """One line for the artifact: which quantized convolutions run integer kernels, and why not the rest."""
+    from edgeres.backends.tvm_int8 import SATURATING, int8_kind
+
+    kind = int8_kind(tvm_target)
+    if opts.int8 == "float":
+        return INT8_FLOAT_NOTE.format(why="int8 = \"float\" was asked for")
+    if opts.layout != "NHWC" or opts.conv != "packed":
+        return INT8_FLOAT_NOTE.format(why="integer kernels need layout = NHWC and conv = packed")
+    if kind is None:
+        return INT8_FLOAT_NOTE.format(why=f"{tvm_target.attrs.get('mcpu', 'this CPU')} has no dot-product "
+                                          "instruction edgeres uses (SSSE3/AVX2/AVX-512, AArch64 dotprod)")
+    n, rest = rewrite.get("int8", 0), rewrite.get("float", 0)
+    if n + rest == 0:
+        return INT8_FLOAT_NOTE.format(why="no Q/DQ convolution was found")
+    why = ""
+    if rest:
+        why = (f"; {rest} keep float kernels" + (" (weights wider than 7 bits would saturate vpmaddubsw: "
+                                                 "quantize with --reduce-range)" if kind in SATURATING else ""))
+    return INT8_INTEGER_NOTE.format(n=n, total=n + rest, kind=kind, rest=why)
 
 
 # -- load / run -----------------------------------------------------------------------

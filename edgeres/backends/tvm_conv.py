@@ -164,7 +164,13 @@ def schedule_packed(sch: Any, acc: Any, target: Any = None) -> None:
     if not after or not sch.get(after[0]).name_hint.startswith(OUT_NAME):
         raise ValueError("packed convolution without its write-back block")
     out = after[0]
-    for pro in before:
+    for pro in before:  # pad_temp stays a pass; elementwise inputs (a residual's dequantize) inline
+        if not sch.get(pro).name_hint.startswith("pad_temp"):
+            try:
+                sch.compute_inline(pro)
+                continue
+            except Exception:  # noqa: BLE001 - not inlinable: its own parallel pass
+                pass
         ts._schedule_injective(sch, [pro])
     for epi in after[1:]:  # bias, residual, ReLU, (de)quantize: elementwise on the output
         try:
@@ -173,20 +179,29 @@ def schedule_packed(sch: Any, acc: Any, target: Any = None) -> None:
             ts._schedule_injective(sch, [epi])
     _, padded, k = (int(iv.dom.extent) for iv in sch.get(acc).iter_vars[:3])
     _, oh, ow, _ = (int(iv.dom.extent) for iv in sch.get(out).iter_vars)
-    tile = pixel_tile(oh * ow)
+    red = [int(iv.dom.extent) for iv in sch.get(acc).iter_vars[3:]]  # ry, rx, rc[, rj]
+    kind = None
+    if len(red) == 4:  # the integer kernel (tvm_int8): rc counts quads of input channels
+        from edgeres.backends import tvm_int8
+
+        kind = tvm_int8.int8_kind(target)
+        if kind is None:
+            raise ValueError("integer packed convolution on a target without a dot-product instruction")
+        tile, vec = tvm_int8.pixel_tile(oh * ow, kind), tvm_int8.BLOCK
+    else:
+        tile = pixel_tile(oh * ow)
+        vec = min(vector_block(target) if target is not None else CHANNEL_BLOCK, k)
+        if k % vec:
+            vec = 8 if k % 8 == 0 else k
     if padded % tile:
         raise ValueError("pixel padding does not match the pixel tile")
-    red = [int(iv.dom.extent) for iv in sch.get(acc).iter_vars[3:]]  # ry, rx, rc
-    vec = min(vector_block(target) if target is not None else CHANNEL_BLOCK, k)
-    if k % vec:
-        vec = 8 if k % 8 == 0 else k
     sch.transform_block_layout(out, lambda b, y, x, f: (b, y * ow + x, f))
     b, p, f = sch.get_loops(out)
     p_o, p_i = sch.split(p, factors=[None, tile])
     f_o, f_i = sch.split(f, factors=[None, vec])
     # Cache blocking: a group of output-channel blocks whose weights fit in half the L2
     # stays resident while every pixel tile streams past it; inputs are re-read once per group.
-    block_bytes = red[0] * red[1] * red[2] * vec * 4
+    block_bytes = red[0] * red[1] * red[2] * vec * 4  # float32, or int8 x 4 channels per quad
     groups = k // vec
     inner = ts._largest_divisor(groups, max(1, WEIGHT_CACHE_BYTES // block_bytes))
     if inner > 1 and inner < groups:
@@ -200,6 +215,9 @@ def schedule_packed(sch: Any, acc: Any, target: Any = None) -> None:
     sch.vectorize(f_i)
     sch.set_scope(acc, 0, "local")
     sch.compute_at(acc, outer[-1], preserve_unit_loops=True)
+    if kind is not None:
+        _schedule_int8_tile(sch, acc, outer, red, kind)
+        return
     _, a_p, a_f, r_y, r_x, r_c = sch.get_loops(acc)[len(outer):]
     unroll = ts._largest_divisor(red[2], CHANNEL_UNROLL)
     rc_o, rc_i = sch.split(r_c, factors=[None, unroll])
@@ -211,3 +229,22 @@ def schedule_packed(sch: Any, acc: Any, target: Any = None) -> None:
     sch.vectorize(a_f)
     ts._parallelize(sch, outer)
     sch.decompose_reduction(acc, r_y)
+
+
+def _schedule_int8_tile(sch: Any, acc: Any, outer: list[Any], red: list[int], kind: str) -> None:
+    """The integer kernel's register tile: pixels unrolled, the 16 x 4 dot product tensorized."""
+    from edgeres.backends import tvm_int8
+    from edgeres.backends import tvm_schedule as ts
+
+    _, a_p, a_f, r_y, r_x, r_c, r_j = sch.get_loops(acc)[len(outer):]
+    unroll = ts._largest_divisor(red[2], max(1, CHANNEL_UNROLL // 2))
+    rc_o, rc_i = sch.split(r_c, factors=[None, unroll])
+    sch.reorder(r_y, r_x, rc_o, rc_i, a_p, a_f, r_j)
+    sch.unroll(rc_i)
+    if red[2] < 2:  # one quad of input channels (the stem): unroll the filter row as well
+        sch.unroll(r_x)
+    sch.unroll(a_p)
+    ts._parallelize(sch, outer)
+    init = sch.decompose_reduction(acc, r_y)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.tensorize(a_f, tvm_int8.intrinsic(kind))

@@ -12,15 +12,23 @@ from typing import Any
 from edgeres.backends import tvm_target as tt
 
 
-def lower(mod: Any, tvm_target: Any, opts: tt.TvmOptions) -> Any:
-    """Layout conversion, then legalization, constant folding and fusion (``get_pipeline("zero")``)."""
+def lower(mod: Any, tvm_target: Any, opts: tt.TvmOptions, counts: dict[str, int] | None = None) -> Any:
+    """Layout conversion, integer convolutions, then legalization, constant folding and fusion
+    (``get_pipeline("zero")``). ``counts`` (if given) receives the integer rewrite's counts."""
     from tvm import relax
 
     if opts.layout == "NHWC":
+        from edgeres.backends.tvm_int8 import int8_kind, integer_convolutions
         from edgeres.backends.tvm_qdq import fold_activation_qdq
 
-        mod = fold_activation_qdq(mod)  # else ConvertLayout wraps each Q/DQ pair in transposes
+        integer = opts.int8 == "integer" and opts.conv == "packed" and int8_kind(tvm_target) is not None
+        mod = fold_activation_qdq(mod, integer=integer)  # else ConvertLayout wraps each Q/DQ pair in transposes
         mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})(mod)
+        if integer:
+            with tvm_target:
+                mod, found = integer_convolutions(mod, tvm_target)
+            if counts is not None:
+                counts.update(found)
         mod = relax.transform.FoldConstant()(mod)
     with tvm_target:
         if opts.conv == "packed" and tvm_target.kind.name == "llvm":
@@ -53,10 +61,11 @@ def apply_schedules(mod: Any, tvm_target: Any, opts: tt.TvmOptions) -> tuple[Any
 
 
 def conv_kernels(mod: Any) -> dict[str, int]:
-    """How many of ``mod``'s convolution functions use edgeres' packed kernel, and how many TVM's."""
+    """How many of ``mod``'s convolution functions use edgeres' integer or float packed kernel, and TVM's."""
     from tvm import tirx
 
     names = [gv.name_hint for gv, f in mod.functions_items()
              if isinstance(f, tirx.PrimFunc) and "conv2d" in gv.name_hint]
-    packed = sum("conv2d_nhwc_packed" in n for n in names)
-    return {"packed": packed, "tvm": len(names) - packed}
+    int8 = sum("conv2d_nhwc_packed_int8" in n for n in names)
+    packed = sum("conv2d_nhwc_packed" in n for n in names) - int8
+    return {"packed_int8": int8, "packed": packed, "tvm": len(names) - packed - int8}

@@ -11,6 +11,11 @@ the pair computes (the integer value is held exactly in float32), written with
 ``divide/round/add/minimum/maximum/subtract/multiply``, which ConvertLayout propagates and FuseOps
 fuses into the neighbouring convolution's epilogue. Per-channel pairs (weights: constant,
 folded at compile time anyway) are left as they are.
+
+With ``integer=True`` the quantized value is materialized as a uint8/int8 tensor between
+the two halves (``astype`` there and back, exact for these integral values), so that
+:mod:`edgeres.backends.tvm_int8` can feed it to integer convolutions: the producer then
+writes one byte per activation instead of four.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ def _scalar(expr: Any) -> float | None:
     return float(value.reshape(-1)[0]) if value.size == 1 else None
 
 
-def fold_activation_qdq(mod: Any) -> Any:
+def fold_activation_qdq(mod: Any, *, integer: bool = False) -> Any:
     """Rewrite every scalar-parameter ``dequantize(quantize(x))`` of ``mod`` into elementwise ops."""
     from tvm import ir, relax
 
@@ -62,6 +67,9 @@ def fold_activation_qdq(mod: Any) -> Any:
             t = emit(relax.op.add(t, relax.const(np.float32(q_zp), f32)))
             t = emit(relax.op.minimum(t, relax.const(np.float32(qrange[1]), f32)))  # clip: no layout rule
             t = emit(relax.op.maximum(t, relax.const(np.float32(qrange[0]), f32)))
+            if integer:
+                t = emit(relax.op.astype(t, str(bound.attrs.out_dtype)))
+                t = emit(relax.op.astype(t, f32))
             t = emit(relax.op.subtract(t, relax.const(np.float32(d_zp), f32)))
             return relax.op.multiply(t, relax.const(np.float32(d_scale), f32))
 

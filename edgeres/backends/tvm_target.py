@@ -10,6 +10,10 @@ The table is passed through verbatim except for what edgeres adds on top:
 ``conv``        ``"packed"`` (default): NHWC float32 convolutions use edgeres' packed-weight
                 kernel (:mod:`edgeres.backends.tvm_conv`); ``"topi"``: TVM's own
                 convolution. Only applies with ``layout = "NHWC"``.
+``int8``        ``"integer"`` (default): quantized convolutions of a Q/DQ model run as integer
+                kernels where the CPU has a dot-product instruction (AVX2/AVX-512/VNNI,
+                AArch64 dotprod; :mod:`edgeres.backends.tvm_int8`); ``"float"``: TVM's
+                fake quantization (float kernels on dequantized weights).
 ``schedule``    ``"builtin"`` (default): edgeres' deterministic CPU schedule for every
                 operator a tuning database does not cover; ``"none"``: TVM's naive default
                 lowering (single thread, no blocking; slow, for debugging).
@@ -31,7 +35,8 @@ from edgeres.errors import InputError, UsageError
 LAYOUTS = ("NCHW", "NHWC")
 SCHEDULES = ("builtin", "none")
 CONVS = ("packed", "topi")
-OPTION_KEYS = ("target", "layout", "conv", "schedule", "tuning_db", "threads")
+INT8_MODES = ("integer", "float")
+OPTION_KEYS = ("target", "layout", "conv", "int8", "schedule", "tuning_db", "threads")
 TUNING_DB_FILES = ("database_workload.json", "database_tuning_record.json")
 
 
@@ -42,6 +47,7 @@ class TvmOptions:
     target: dict[str, Any]  # as given (``mcpu`` may still say "native")
     layout: str = "NHWC"
     conv: str = "packed"
+    int8: str = "integer"
     schedule: str = "builtin"
     tuning_db: Path | None = None
     threads: int | None = None
@@ -65,6 +71,9 @@ def parse_options(target: Any, options: Mapping[str, Any] | None = None) -> TvmO
     conv = str(merged.get("conv", "packed")).lower()
     if conv not in CONVS:
         raise UsageError(f"{where}: conv must be one of {list(CONVS)}, got {merged.get('conv')!r}")
+    int8 = str(merged.get("int8", "integer")).lower()
+    if int8 not in INT8_MODES:
+        raise UsageError(f"{where}: int8 must be one of {list(INT8_MODES)}, got {merged.get('int8')!r}")
     schedule = str(merged.get("schedule", "builtin"))
     if schedule not in SCHEDULES:
         raise UsageError(f"{where}: schedule must be one of {list(SCHEDULES)}, got {schedule!r}")
@@ -77,7 +86,7 @@ def parse_options(target: Any, options: Mapping[str, Any] | None = None) -> TvmO
 
         db = resolve_db_dir(db)
     db_path = check_tuning_db(db) if db else None
-    return TvmOptions(target=_thaw(tvm_target), layout=layout, conv=conv, schedule=schedule, tuning_db=db_path,
+    return TvmOptions(target=_thaw(tvm_target), layout=layout, conv=conv, int8=int8, schedule=schedule, tuning_db=db_path,
                       threads=threads)
 
 

@@ -62,6 +62,7 @@ class QuantizeResult:
     excluded: tuple[str, ...]
     calib_seconds: float
     cache_hit: bool
+    reduce_range: bool = False  # 7-bit weights (levels -63..63)
 
 
 def load_onnx(path: Path):
@@ -121,13 +122,15 @@ def quantize(
     num_bins: int = DEFAULT_NUM_BINS,
     cache_path: Path | None = None,
     exclude: AbstractSet[str] = frozenset(),
+    reduce_range: bool = False,
 ) -> QuantizeResult:
     """Calibrate ``fp32_onnx`` and write its explicit Q/DQ INT8 form to ``out``.
 
     ``calib_batches()`` yields NCHW float32 batches (the caller limits their number);
     it may be None only when ``cache_path`` holds a valid cache for this model and
     data. ``exclude`` names nodes kept in FP32. See :mod:`edgeres.quantize.qdq` for
-    the ``tensorrt`` and ``cpu`` forms.
+    the ``tensorrt`` and ``cpu`` forms. ``reduce_range`` (as ONNX Runtime's): 7-bit
+    weights, levels -63..63 stored as int8, for x86 integer kernels without VNNI.
     """
     import onnx
 
@@ -170,12 +173,13 @@ def quantize(
     ranges = cache.ranges[key]
     calib_seconds = time.perf_counter() - t0
 
-    qmodel = insert_qdq(model, plan, ranges, per_channel=per_channel)
+    qmodel = insert_qdq(model, plan, ranges, per_channel=per_channel, reduce_range=reduce_range)
     excluded = tuple(sorted(exclude))
     _set_metadata(qmodel, {
         "method": method,
         "form": form,
         "per_channel": per_channel,
+        "reduce_range": reduce_range,
         "num_calib": cache.num_calib,
         "fallback_layers": list(excluded),
         "percentile": percentile if method == "percentile" else None,
@@ -200,6 +204,7 @@ def quantize(
         excluded=excluded,
         calib_seconds=calib_seconds,
         cache_hit=cache_hit,
+        reduce_range=reduce_range,
     )
 
 

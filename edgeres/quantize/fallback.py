@@ -121,6 +121,7 @@ def quantize_with_fallback(
     percentile: float = DEFAULT_PERCENTILE,
     num_bins: int = DEFAULT_NUM_BINS,
     cache_path: Path | None = None,
+    reduce_range: bool = False,
     step: int = 1,
     max_rounds: int | None = None,
     fallback_precision: str = "fp32",
@@ -143,7 +144,7 @@ def quantize_with_fallback(
     say = log or (lambda s: None)
     t0 = time.perf_counter()
     common = {"data_fingerprint": data_fingerprint, "method": method, "form": form, "per_channel": per_channel,
-              "percentile": percentile, "num_bins": num_bins}
+              "percentile": percentile, "num_bins": num_bins, "reduce_range": reduce_range}
     with tempfile.TemporaryDirectory(prefix="edgeres-fallback-") as work:
         cal = calibrate(fp32_onnx, calib_batches, Path(work), cache_path=cache_path, **common)
         ev = Evaluator(fp32_onnx, val_batches_fn, max_images=max_val_images)

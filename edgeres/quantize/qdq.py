@@ -15,6 +15,9 @@ Two forms:
     too (the output sharing the input's scale) so the stem convolution fuses, and the
     global-pool input so the last residual Add fuses.
 
+With ``reduce_range`` (either form; ONNX Runtime's option of the same name) weights use 7
+bits, levels -63..63, still stored as int8: what x86 integer kernels without VNNI need.
+
 Q/DQ pairs are inserted on the *consumer* side: a producer's output keeps its name,
 so FP32 and INT8 models can be compared tensor by tensor.
 """
@@ -40,6 +43,7 @@ __all__ = [
     "plan_quantization",
     "prepare_model",
     "quantize_weight",
+    "weight_levels",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -194,18 +198,31 @@ def activation_qparams(lo: float, hi: float, form: str) -> tuple[float, int]:
     return scale, int(np.clip(round(-lo / scale), 0, 255))
 
 
-def quantize_weight(w: np.ndarray, axis: int, per_channel: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 weight quantization: (int8 values, float32 scales per channel or a scalar)."""
+def weight_levels(reduce_range: bool) -> int:
+    """Largest |q| of a symmetric weight: 127 (8 bits) or 63 (7 bits, ``reduce_range``)."""
+    return 63 if reduce_range else 127
+
+
+def quantize_weight(
+    w: np.ndarray, axis: int, per_channel: bool, reduce_range: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 weight quantization: (int8 values, float32 scales per channel or a scalar).
+
+    ``reduce_range`` (ONNX Runtime's name): 7-bit weights, levels -63..63 (scale amax / 63),
+    still stored as int8. x86 integer kernels without VNNI (``vpmaddubsw``) add pairs of
+    uint8 x int8 products into int16 with saturation; 7-bit weights can never saturate.
+    """
+    levels = weight_levels(reduce_range)
     if per_channel:
         reduce = tuple(d for d in range(w.ndim) if d != axis)
         amax = np.abs(w).max(axis=reduce) if w.size else np.zeros(w.shape[axis])
     else:
         amax = np.asarray(np.abs(w).max() if w.size else 0.0)
-    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+    scale = np.where(amax > 0, amax / float(levels), 1.0).astype(np.float32)
     shape = [1] * w.ndim
     if per_channel:
         shape[axis] = -1
-    q = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+    q = np.clip(np.round(w / scale.reshape(shape)), -levels, levels).astype(np.int8)
     return q, scale
 
 
@@ -229,9 +246,13 @@ class _Names:
 
 
 def insert_qdq(
-    model, plan: QuantPlan, ranges: Mapping[str, tuple[float, float]], *, per_channel: bool = True
+    model, plan: QuantPlan, ranges: Mapping[str, tuple[float, float]], *, per_channel: bool = True,
+    reduce_range: bool = False,
 ) -> "onnx.ModelProto":
-    """A copy of ``model`` with Q/DQ pairs per ``plan``; ``ranges`` maps activation tensors to (lo, hi)."""
+    """A copy of ``model`` with Q/DQ pairs per ``plan``; ``ranges`` maps activation tensors to (lo, hi).
+
+    ``reduce_range``: 7-bit weights (see :func:`quantize_weight`).
+    """
     import onnx
     from onnx import helper, numpy_helper
 
@@ -279,7 +300,7 @@ def insert_qdq(
         w_name = node.input[site.index]
         key = (w_name, site.axis)
         if key not in weight_dq:
-            q, scale = quantize_weight(numpy_helper.to_array(inits[w_name]), site.axis, per_channel)
+            q, scale = quantize_weight(numpy_helper.to_array(inits[w_name]), site.axis, per_channel, reduce_range)
             q_name, s_name, z_name = fresh(f"{w_name}_int8"), fresh(f"{w_name}_scale"), fresh(f"{w_name}_zero_point")
             new_inits += [
                 numpy_helper.from_array(q, q_name),

@@ -74,13 +74,15 @@ class Calibrated:
     per_channel: bool
     quant: QuantizeResult  # the calibration run (it wrote the full INT8 model)
     cache_path: Path
+    reduce_range: bool = False  # 7-bit weights
 
     def plan(self, exclude: Iterable[str] = ()) -> QuantPlan:
         return plan_quantization(self.model, self.form, exclude)
 
     def build(self, exclude: Iterable[str] = ()) -> onnx.ModelProto:
         """The Q/DQ model with ``exclude`` kept float (what ``quantize(exclude=...)`` writes)."""
-        return insert_qdq(self.model, self.plan(exclude), self.ranges, per_channel=self.per_channel)
+        return insert_qdq(self.model, self.plan(exclude), self.ranges, per_channel=self.per_channel,
+                          reduce_range=self.reduce_range)
 
     def nodes(self, ops: Sequence[str] | None = None) -> list[str]:
         """Quantized nodes of the full plan, in graph order (only ``ops`` op types if given)."""
@@ -94,13 +96,13 @@ class Calibrated:
 def calibrate(
     fp32_onnx: Path, calib_batches: Callable[[], Iterable[np.ndarray]] | None, workdir: Path, *,
     data_fingerprint: str, method: str, form: str, per_channel: bool, percentile: float, num_bins: int,
-    cache_path: Path | None,
+    cache_path: Path | None, reduce_range: bool = False,
 ) -> Calibrated:
     """Calibrate ``fp32_onnx`` once (or reuse ``cache_path``); the full INT8 model goes to ``workdir``."""
     cache = Path(cache_path) if cache_path is not None else Path(workdir) / "calibration.json"
     q = quantize(Path(fp32_onnx), Path(workdir) / "full.int8.onnx", calib_batches, data_fingerprint=data_fingerprint,
                  method=method, form=form, per_channel=per_channel, percentile=percentile, num_bins=num_bins,
-                 cache_path=cache)
+                 cache_path=cache, reduce_range=reduce_range)
     import onnx
 
     meta = read_quantization_metadata(onnx.load(str(q.path), load_external_data=False)) or {}
@@ -109,7 +111,7 @@ def calibrate(
     if c is None:  # quantize() just wrote it
         raise RuntimeError(f"calibration cache {cache} vanished after calibration")
     ranges = c.ranges[ranges_key(method, form, percentile)]
-    return Calibrated(prepare_model(load_onnx(Path(fp32_onnx))), ranges, form, per_channel, q, cache)
+    return Calibrated(prepare_model(load_onnx(Path(fp32_onnx))), ranges, form, per_channel, q, cache, reduce_range)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -238,7 +240,7 @@ def local_errors(cal: Calibrated, inputs: Iterable[np.ndarray], nodes: Sequence[
             new_inputs[idx] = dq_of[t]
         for site in (w for w in plan.weights if w.node == name):
             qw, scale = quantize_weight(numpy_helper.to_array(inits[node.input[site.index]]), site.axis,
-                                        cal.per_channel)
+                                        cal.per_channel, cal.reduce_range)
             shape = [-1 if cal.per_channel and d == site.axis else 1 for d in range(qw.ndim)]
             w = (qw.astype(np.float32) * scale.reshape(shape)).astype(np.float32)
             w_name = fresh(f"{node.input[site.index]}_w8")
@@ -309,6 +311,7 @@ class SensitivityReport:
     int8_output_error: float
     rows: list[LayerSensitivity] = field(default_factory=list)
     seconds: float = 0.0
+    reduce_range: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -385,6 +388,7 @@ def analyze(
     num_bins: int = DEFAULT_NUM_BINS,
     cache_path: Path | None = None,
     mode: str = "fp32-one",
+    reduce_range: bool = False,
     layers: Sequence[str] | None = None,
     max_val_images: int | None = None,
     progress: Callable[[int, int, str], None] | None = None,
@@ -403,7 +407,7 @@ def analyze(
     with tempfile.TemporaryDirectory(prefix="edgeres-sens-") as work:
         cal = calibrate(Path(fp32_onnx), calib_batches, Path(work), data_fingerprint=data_fingerprint, method=method,
                         form=form, per_channel=per_channel, percentile=percentile, num_bins=num_bins,
-                        cache_path=cache_path)
+                        cache_path=cache_path, reduce_range=reduce_range)
     quantized = cal.nodes()
     if layers is None:
         layers = cal.nodes(LAYER_OPS)
@@ -419,5 +423,5 @@ def analyze(
         model=str(fp32_onnx), mode=mode, method=method, form=form, per_channel=per_channel,
         num_images=ev.num_images, num_calib=cal.quant.num_calib, fp32_top1=ev.ref_top1, int8_top1=base.top1,
         int8_drop_top1=base.drop_top1, int8_output_error=base.output_error, rows=rows,
-        seconds=time.perf_counter() - t0,
+        seconds=time.perf_counter() - t0, reduce_range=reduce_range,
     )

@@ -38,6 +38,7 @@ def test_bundle_contents_and_manifest(r20_bundle):
     assert m["preprocessing"]["input_size"] == [32, 32] and len(m["preprocessing"]["class_names"]) == 10
     assert m["model"]["name"] == "resnet20" and m["model"]["max_abs_diff"] < 1e-3
     assert m["quantization"]["method"] == "entropy" and m["quantization"]["num_calib"] == 256
+    assert m["target"]["reduce_range"] is True and m["quantization"]["reduce_range"] is True  # x86: 7-bit weights
     assert {"export", "quantize", "compile", "validate"} <= set(m["timings"])
     assert (out / "labels.txt").read_text().split() == list(b.class_names)
 

@@ -17,7 +17,7 @@ from torch.nn import functional as F
 from edgeres.errors import InputError, UsageError
 from edgeres.preprocessing import Preprocessing, read_onnx_preprocessing, write_onnx_preprocessing
 from edgeres.quantize import QUANT_METADATA_KEY, quantize, read_quantization_metadata, tensor_errors
-from edgeres.quantize.qdq import insert_qdq, plan_quantization, prepare_model
+from edgeres.quantize.qdq import insert_qdq, plan_quantization, prepare_model, quantize_weight
 
 NUM_CLASSES = 10
 SIZE = 16
@@ -357,6 +357,113 @@ def test_tensor_errors_per_layer(fp32, quantized):
     assert set(errs) == set(names)
     assert all(0.0 < e < 0.2 for e in errs.values()), errs
     assert all(e == 0.0 for e in tensor_errors(ref, ref, names, [x]).values())
+
+
+
+# --------------------------------------------------------------------------- reduce_range (7-bit weights)
+
+
+def weight_dqs(model) -> dict[str, tuple]:
+    """int8 initializer name -> (its DequantizeLinear, the int8 values, the scale): every quantized weight."""
+    _, inits = graph_maps(model)
+    return {n.input[0]: (n, inits[n.input[0]], inits[n.input[1]]) for n in model.graph.node
+            if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].dtype == np.int8}
+
+
+def channel_amax(w: np.ndarray, node) -> np.ndarray:
+    axis = {a.name: a.i for a in node.attribute}.get("axis", 1)
+    return np.moveaxis(np.abs(w), axis, 0).reshape(w.shape[axis], -1).max(1)
+
+
+def test_quantize_weight_reduce_range():
+    w = np.random.default_rng(0).normal(size=(4, 3, 3, 3)).astype(np.float32)
+    w[2] = 0.0  # an all-zero channel: scale 1, values 0
+    q8, s8 = quantize_weight(w, 0, True)
+    q7, s7 = quantize_weight(w, 0, True, reduce_range=True)
+    live = [0, 1, 3]
+    assert q7.dtype == np.int8 and np.abs(q8).max() == 127
+    assert np.all(np.abs(q7[live]).reshape(3, -1).max(1) == 63)  # every live channel spans -63..63
+    np.testing.assert_allclose(s7[live], s8[live] * 127 / 63, rtol=1e-6)
+    assert s7[2] == 1.0 and not q7[2].any()
+    assert np.all(np.abs(w - q7 * s7.reshape(-1, 1, 1, 1)) <= s7.reshape(-1, 1, 1, 1) / 2 * (1 + 1e-6))
+    qt, st = quantize_weight(w, 0, False, reduce_range=True)
+    assert st.shape == () and np.abs(qt).max() == 63 and st == pytest.approx(np.abs(w).max() / 63)
+
+
+@pytest.fixture(scope="module")
+def reduced(fp32, tmp_path_factory):
+    d = tmp_path_factory.mktemp("q7")
+    return {form: q(fp32, d / f"{form}.onnx", form=form, method="entropy", reduce_range=True)
+            for form in ("tensorrt", "cpu")}
+
+
+@pytest.mark.parametrize("form", ["tensorrt", "cpu"])
+def test_reduce_range_weights_are_7_bit_and_run_close_to_fp32(fp32, quantized, reduced, form, tmp_path):
+    res, full = reduced[form], quantized[form]
+    assert res.reduce_range is True and full.reduce_range is False
+    m, m8 = onnx.load(str(res.path)), onnx.load(str(full.path))
+    onnx.checker.check_model(m)
+    assert read_quantization_metadata(m)["reduce_range"] is True
+    assert read_quantization_metadata(m8)["reduce_range"] is False
+    weights, weights8 = weight_dqs(m), weight_dqs(m8)
+    assert len(weights) == 5 + 1 and set(weights) == set(weights8)  # 5 Conv + the Gemm
+    for name, (node, w, scale) in weights.items():
+        amax = channel_amax(w, node)
+        assert w.dtype == np.int8 and amax.max() == 63, name  # within -63..63, the range used
+        assert np.all((amax == 63) | (amax == 0)), name  # per channel: each live channel spans it
+        np.testing.assert_allclose(scale, weights8[name][2] * 127 / 63, rtol=1e-6)
+    if form == "cpu":
+        for conv in (n for n in m.graph.node if n.op_type == "Conv"):
+            x_dq, w_dq, b_dq = (dq_input(m, conv.input[i]) for i in range(3))
+            assert b_dq[1][0].dtype == np.int32
+            np.testing.assert_allclose(b_dq[1][1], x_dq[1][1] * w_dq[1][1], rtol=1e-6)  # bias scale = s_x * s_w
+        opts = ort.SessionOptions()  # ONNX Runtime still fuses the 7-bit model into integer kernels
+        opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        ort.InferenceSession(str(res.path), opts, providers=["CPUExecutionProvider"])
+        assert [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node].count("QLinearConv") == 5
+    x, _ = synthetic(256, seed=3)
+    ref, got = run(fp32, x), run(res.path, x)
+    agreement = float(np.mean(ref.argmax(1) == got.argmax(1)))
+    cos = np.sum(ref * got, 1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(got, axis=1)
+    assert agreement >= 0.85 and float(cos.mean()) > 0.98, (agreement, cos.mean())
+    assert not np.allclose(got, run(full.path, x), atol=1e-6)  # really other weights than 8-bit
+
+
+def test_fallback_and_sensitivity_honour_reduce_range(fp32, tmp_path, monkeypatch):
+    from edgeres.quantize import sensitivity
+    from edgeres.quantize.fallback import quantize_with_fallback
+
+    x, y = synthetic(128, seed=4)
+    fb = quantize_with_fallback(fp32, tmp_path / "fb.onnx", calib, lambda: iter([(x, y)]), max_drop=100.0,
+                                data_fingerprint="synthetic-320", method="minmax", reduce_range=True)
+    m = onnx.load(str(fb.path))
+    assert fb.passed and fb.quantize_result.reduce_range and read_quantization_metadata(m)["reduce_range"] is True
+    assert max(int(np.abs(w).max()) for _, w, _ in weight_dqs(m).values()) == 63
+
+    cal = sensitivity.calibrate(fp32, calib, tmp_path, data_fingerprint="synthetic-320", method="minmax",
+                                form="cpu", per_channel=True, percentile=99.99, num_bins=2048,
+                                cache_path=tmp_path / "fb.calib.json", reduce_range=True)
+    assert cal.reduce_range and max(int(np.abs(w).max()) for _, w, _ in weight_dqs(cal.build()).values()) == 63
+    seen = []
+
+    def spy(w, axis, per_channel, reduce_range=False):
+        seen.append(reduce_range)
+        return quantize_weight(w, axis, per_channel, reduce_range)
+
+    monkeypatch.setattr(sensitivity, "quantize_weight", spy)
+    errs = sensitivity.local_errors(cal, [x[:16]], cal.nodes(sensitivity.LAYER_OPS))
+    assert len(errs) == 6 and seen == [True] * 6  # the per-layer proxy quantizes weights to 7 bits too
+
+
+def test_cli_reduce_range(cli, fp32, tmp_path):
+    out = tmp_path / "q7.onnx"
+    r = cli("quantize", fp32, "--calib", "builtin", "--num-calib", "32", "--reduce-range", "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert "7-bit weights" in r.stdout
+    m = onnx.load(str(out))
+    assert read_quantization_metadata(m)["reduce_range"] is True
+    assert max(int(np.abs(w).max()) for _, w, _ in weight_dqs(m).values()) == 63
 
 
 @pytest.mark.tensorrt

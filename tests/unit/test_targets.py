@@ -44,6 +44,8 @@ def test_unknown_target_suggests():
         ('name="a"\nbackend="tvm"\nprecisions=["fp32"]\ndefault_precision="int8"', "default_precision"),
         ('name="a"\nbackend="tvm"\nprecisions=["fp32"]\nbogus=1', "unknown keys"),
         ('name="a"\nbackend="tvm"\nprecisions=["fp32"]\nbatch_size=0', "batch_size"),
+        ('name="a"\nbackend="tvm"\nprecisions=["fp32"]\nreduce_range="yes"', "reduce_range must be true or false"),
+        ('name="a"\nbackend="tvm"\nprecisions=["fp32"]\nreduce_range=1', "reduce_range must be true or false"),
         ('name = [', "not valid TOML"),
     ],
 )
@@ -78,3 +80,23 @@ def test_path_to_toml_accepted(tmp_path):
 def test_parse_defaults():
     t = parse_target({"name": "g", "backend": "tensorrt", "precisions": ["fp16", "int8"]})
     assert t.device == "cuda" and t.qdq_form == "tensorrt" and t.default_precision == "fp16"
+
+
+def test_reduce_range_per_target():
+    for name in ("x86-64", "x86-64-host"):
+        t = get_target(name)
+        assert t.reduce_range is True and t.to_dict()["reduce_range"] is True
+    for name in ("rtx-ada", "onnxruntime-cpu", "aarch64"):  # TensorRT, ONNX Runtime, ARM (SDOT, no vpmaddubsw)
+        assert get_target(name).reduce_range is False
+    assert parse_target({"name": "g", "backend": "tvm", "precisions": ["int8"], "reduce_range": True}).reduce_range
+
+
+def test_reduce_range_survives_the_manifest(tmp_path):
+    from types import SimpleNamespace
+
+    from edgeres.pipeline import get_target_from_manifest
+
+    t = get_target("x86-64")
+    assert get_target_from_manifest(SimpleNamespace(manifest={"target": t.to_dict()}, root=tmp_path)).reduce_range
+    old = {k: v for k, v in t.to_dict().items() if k != "reduce_range"}  # a bundle made before the option
+    assert not get_target_from_manifest(SimpleNamespace(manifest={"target": old}, root=tmp_path)).reduce_range
