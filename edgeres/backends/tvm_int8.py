@@ -111,7 +111,7 @@ def intrinsic(kind: str) -> str:
     def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
         A = T.match_buffer(a, (4,), a_dtype, offset_factor=1)
         B = T.match_buffer(b, (16, 4), "int8", offset_factor=1)
-        C = T.match_buffer(c, (16,), "int32", offset_factor=1, scope="local")
+        C = T.match_buffer(c, (16,), "int32", offset_factor=1, scope="global")
         with T.sblock("root"):
             T.reads(C[0:16], A[0:4], B[0:16, 0:4])
             T.writes(C[0:16])
@@ -134,29 +134,33 @@ def intrinsic(kind: str) -> str:
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
         A = T.match_buffer(a, (4,), a_dtype, offset_factor=1)
         B = T.match_buffer(b, (16, 4), "int8", offset_factor=1)
-        C = T.match_buffer(c, (16,), "int32", offset_factor=1, scope="local")
+        C = T.match_buffer(c, (16,), "int32", offset_factor=1, scope="global")
         with T.sblock("root"):
             T.reads(C[0:16], A[0:4], B[0:16, 0:4])
             T.writes(C[0:16])
-            a32 = T.reinterpret(A.vload([0], f"{a_dtype}x4"), dtype="int32")
+            # No intermediate variables: TVMScript would make each a local buffer, which TVM
+            # allocates through TVMBackendAllocWorkspace inside parallel loops (~700 cycles/tile).
             for j in T.unroll(steps):
                 if kind == "vnni":
                     C[T.ramp(j * lanes, 1, lanes)] = T.call_llvm_pure_intrin(
                         T.llvm_lookup_intrinsic_id(madd), C.vload([j * lanes], f"int32x{lanes}"),
-                        T.broadcast(a32, lanes), T.reinterpret(B.vload([j * lanes, 0], f"int8x{nbytes}"),
-                                                               dtype=f"int32x{lanes}"), dtype=f"int32x{lanes}")
+                        T.broadcast(T.reinterpret(A.vload([0], f"{a_dtype}x4"), dtype="int32"), lanes),
+                        T.reinterpret(B.vload([j * lanes, 0], f"int8x{nbytes}"), dtype=f"int32x{lanes}"),
+                        dtype=f"int32x{lanes}")
                 elif kind == "sdot":
                     C[T.ramp(j * lanes, 1, lanes)] = T.call_llvm_pure_intrin(
                         T.llvm_lookup_intrinsic_id(madd), C.vload([j * lanes], f"int32x{lanes}"),
                         B.vload([j * lanes, 0], f"int8x{nbytes}"),
-                        T.reinterpret(T.broadcast(a32, lanes), dtype=f"int8x{nbytes}"), dtype=f"int32x{lanes}")
+                        T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], f"{a_dtype}x4"), dtype="int32"), lanes),
+                                      dtype=f"int8x{nbytes}"), dtype=f"int32x{lanes}")
                 else:
-                    pairs = T.call_llvm_pure_intrin(
-                        T.llvm_lookup_intrinsic_id(madd), T.reinterpret(T.broadcast(a32, lanes), dtype=f"uint8x{nbytes}"),
-                        B.vload([j * lanes, 0], f"int8x{nbytes}"), dtype=f"int16x{2 * lanes}")
                     C[T.ramp(j * lanes, 1, lanes)] = C.vload([j * lanes], f"int32x{lanes}") + T.call_llvm_pure_intrin(
-                        T.llvm_lookup_intrinsic_id(wd), pairs, T.broadcast(T.int16(1), 2 * lanes),
-                        dtype=f"int32x{lanes}")
+                        T.llvm_lookup_intrinsic_id(wd), T.call_llvm_pure_intrin(
+                            T.llvm_lookup_intrinsic_id(madd),
+                            T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], f"{a_dtype}x4"), dtype="int32"),
+                                                      lanes), dtype=f"uint8x{nbytes}"),
+                            B.vload([j * lanes, 0], f"int8x{nbytes}"), dtype=f"int16x{2 * lanes}"),
+                        T.broadcast(T.int16(1), 2 * lanes), dtype=f"int32x{lanes}")
 
     name = INTRIN_PREFIX + kind
     TensorIntrin.register(name, desc, impl, override=True)

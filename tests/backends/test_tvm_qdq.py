@@ -49,6 +49,21 @@ def test_scalar_pair_becomes_elementwise_with_identical_numbers(dtype, scale, zp
     np.testing.assert_array_equal(_run(folded, x), _run(mod, x))
 
 
+@pytest.mark.parametrize("dtype,scale,zp", [("uint8", 0.05, 128), ("int8", 0.02, -5)])
+def test_integer_form_materializes_the_quantized_tensor(dtype, scale, zp):
+    """integer=True: an astype to the quantized dtype sits between the halves (for the integer
+    convolutions), quantizing multiplies by 1/s; results stay within one quantization step."""
+    mod = _qdq_module(dtype, scale, zp)
+    folded = fold_activation_qdq(mod, integer=True)
+    assert not {"relax.quantize", "relax.dequantize"} & _ops(folded)
+    assert f'dtype="{dtype}"' in folded["main"].script()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 4, 5, 5)).astype("float32") * 10
+    got, ref = _run(folded, x), _run(mod, x)
+    assert np.abs(got - ref).max() <= scale * 1.001
+    assert (got == ref).mean() > 0.99
+
+
 def test_per_channel_pair_is_left_alone():
     mod = _qdq_module("int8", 0.02, 0, per_channel=True)
     assert {"relax.quantize", "relax.dequantize"} <= _ops(fold_activation_qdq(mod))
