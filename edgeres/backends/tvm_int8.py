@@ -297,10 +297,12 @@ def integer_convolutions(mod: Any, target: Any) -> tuple[Any, dict[str, int]]:
         def _weights(self, weight: Any) -> tuple[np.ndarray, np.ndarray] | None:
             perm = self._bound(weight, "permute_dims")
             dq = self._bound(perm.args[0], "dequantize") if perm is not None else None
-            if dq is None or [int(a) for a in perm.attrs.axes] != [2, 3, 1, 0] or int(dq.attrs.axis) != 0:
+            if dq is None or [int(a) for a in perm.attrs.axes] != [2, 3, 1, 0]:
                 return None
             wq, sw, zw = (_const(a) for a in dq.args[:3])
             if wq is None or sw is None or zw is None or wq.dtype != np.int8 or wq.ndim != 4 or np.any(zw != 0):
+                return None
+            if sw.size != 1 and int(dq.attrs.axis) != 0:  # per-tensor scales have no meaningful axis
                 return None
             sw = np.broadcast_to(sw.reshape(-1), (wq.shape[0],)) if sw.size in (1, wq.shape[0]) else None
             return (wq, sw.astype(np.float64)) if sw is not None else None

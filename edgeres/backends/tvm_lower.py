@@ -49,6 +49,11 @@ def apply_schedules(mod: Any, tvm_target: Any, opts: tt.TvmOptions) -> tuple[Any
         if opts.tuning_db is not None:
             from tvm.s_tir import meta_schedule as ms
 
+            from edgeres.backends.tvm_int8 import int8_kind, intrinsic
+
+            if int8_kind(tvm_target) is not None:  # records may replay edgeres' tensorize
+                intrinsic(int8_kind(tvm_target))
+
             with ms.database.JSONDatabase(work_dir=str(opts.tuning_db), allow_missing=False):
                 mod = relax.transform.MetaScheduleApplyDatabase()(mod)  # marks tirx.is_scheduled
         tuned = sum(1 for _, f in mod.functions_items()

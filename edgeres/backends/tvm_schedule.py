@@ -216,7 +216,7 @@ def _schedule_conv(sch: Any, block: Any, loops: list[Any], *, nhwc: bool) -> Non
     # Output-channel tiles outermost: each tile's weights stay in cache across the image.
     inner = (x_i, f_i) if nhwc else (f_i, x_i)
     sch.reorder(n, f_o, y, x_o, r0, r1, r2, *inner)
-    local = sch.cache_write(block, 0, "local")
+    local = sch.cache_write(block, 0, "global")  # small: a stack alloca ("local" = a workspace call per tile)
     _fold_epilogues(sch, local)
     sch.reverse_compute_at(local, x_o, preserve_unit_loops=True)
     # Vectorize/parallelize before decompose_reduction: the primitives need the init in place.
@@ -237,7 +237,7 @@ def _schedule_generic_reduction(sch: Any, block: Any, loops: list[Any], n_spatia
     s_o, s_i = sch.split(spatial[-1], factors=[None, _largest_divisor(last_ext, REDUCTION_VECTOR)])
     outer = [*spatial[:-1], s_o]
     sch.reorder(*outer, *reduce, s_i)
-    local = sch.cache_write(block, 0, "local")
+    local = sch.cache_write(block, 0, "global")  # small: a stack alloca ("local" = a workspace call per tile)
     _fold_epilogues(sch, local)
     sch.reverse_compute_at(local, s_o, preserve_unit_loops=True)
     for blk in (block, local):

@@ -160,17 +160,26 @@ def test_int8_option_is_validated():
         tt.parse_options(get_target("x86-64-host"), {"int8": "fast"})
 
 
-def test_rpi5_sdot_kernel_runs_under_qemu(tmp_path):
-    """AArch64 dot product (cortex-a76 +dotprod): int8 x int8 after the kernel's -128 shift, checked
-    under qemu against the exact reference (zero point 9, stride 2, 8-bit weights)."""
+@pytest.fixture(scope="module")
+def arm_runner(tmp_path_factory):
+    """The C++ runner cross-built for aarch64 (runs under qemu)."""
     from edgeres.backends import tvm_cross
-    from edgeres.cpp_runner import cached_runner, missing_requirements, run_cpp_runner
+    from edgeres.cpp_runner import cached_runner, missing_requirements
 
     if tvm_cross.host_arch() != "x86_64" or tvm_cross.find_cross_cxx("aarch64") is None:
         pytest.skip("aarch64 toolchain absent: run tools/setup-aarch64.sh")
     reason = missing_requirements("aarch64")
     if reason:
         pytest.skip(f"cannot build/run aarch64 programs here ({reason})")
+    return cached_runner("aarch64", cache_dir=tmp_path_factory.mktemp("cpp"))
+
+
+def test_rpi5_sdot_kernel_runs_under_qemu(tmp_path, arm_runner):
+    """AArch64 dot product (cortex-a76 +dotprod): int8 x int8 after the kernel's -128 shift, checked
+    under qemu against the exact reference (zero point 9, stride 2, 8-bit weights)."""
+    from edgeres.backends import tvm_cross
+    from edgeres.cpp_runner import run_cpp_runner
+
     target = get_target("rpi5")
     opts = tt.parse_options(target, None)
     tvm_target = tt.make_target(tt.resolve_target_dict(opts.target, cross=True))
@@ -179,9 +188,23 @@ def test_rpi5_sdot_kernel_runs_under_qemu(tmp_path):
     lowered, _ = tb.apply_schedules(tb.lower(mod, tvm_target, opts, counts), tvm_target, opts)
     assert counts == {"int8": 1, "float": 0} and tb.conv_kernels(lowered)["packed_int8"] == 1
     so = tvm_cross.export_library(tvm.compile(lowered, tvm_target), tmp_path / "rpi5.so", target)
-    runner = cached_runner("aarch64", cache_dir=tmp_path / "cpp")
-    got = run_cpp_runner(runner, so, x).logits
+    got = run_cpp_runner(arm_runner, so, x).logits
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * float(np.abs(ref).max()))
+
+
+def test_rpi5_int8_resnet20_under_qemu_matches_the_host(r20_untrained_qdq, make_images, tmp_path, arm_runner):
+    """The backend's INT8 compile for rpi5 (every convolution on sdot, 8-bit weights from ONNX
+    Runtime's quantizer) against the host's fake-quantized float compile of the same model."""
+    from edgeres.cpp_runner import run_cpp_runner
+
+    art = tb.compile(r20_untrained_qdq, get_target("rpi5"), tmp_path / "rpi5", precision="int8")
+    assert art.info["conv_kernels"]["packed_int8"] == 19 and "(sdot)" in art.info["int8_note"]
+    host = tb.compile(r20_untrained_qdq, get_target("x86-64-host"), tmp_path / "host", precision="int8",
+                      options={"int8": "float"})
+    x = make_images(1, 32)
+    got, ref = run_cpp_runner(arm_runner, art.path, x).logits, tb.load(host)(x)
+    assert np.abs(got - ref).max() <= 0.02 * float(np.abs(ref).max())
+    assert got.argmax() == ref.argmax()
 
 
 @needs_kernel
