@@ -10,13 +10,14 @@ cross compiler for other architectures, see :mod:`edgeres.backends.tvm_cross`) p
 ``model.tvm.json``, a sidecar that lets :func:`load` work from the ``.so`` path alone. The
 lowering and scheduling steps live in :mod:`edgeres.backends.tvm_lower`.
 
-INT8: TVM imports a Q/DQ model as ``quantize -> dequantize -> float conv``; no Relax pass
-turns it into integer kernels. The artifact reproduces the INT8 model's numerics but
-runs float arithmetic (``info["int8_kernels"] = False``); activation Q/DQ pairs become
-elementwise ops fused into the convolutions' epilogues (:mod:`edgeres.backends.tvm_qdq`),
-so INT8 runs at about FP32 speed.
+INT8: TVM imports a Q/DQ model as ``quantize -> dequantize -> float conv``. edgeres rewrites
+each quantized convolution into an integer one (:mod:`edgeres.backends.tvm_int8`: uint8
+activations, int8 weights, the CPU's dot-product instruction) and the remaining activation
+Q/DQ pairs into elementwise ops fused into the convolutions' epilogues
+(:mod:`edgeres.backends.tvm_qdq`). ``info["int8_kernels"]`` says whether any convolution
+runs integer arithmetic and ``info["int8_note"]`` how many, and why the others do not.
 
-Options: see :mod:`edgeres.backends.tvm_target` (``target``, ``layout``, ``conv``,
+Options: see :mod:`edgeres.backends.tvm_target` (``target``, ``layout``, ``conv``, ``int8``,
 ``schedule``, ``tuning_db``, ``threads``).
 """
 
@@ -42,9 +43,6 @@ MODEL_FILE = "model.so"
 SIDECAR_SUFFIX = ".tvm.json"
 SIDECAR_FORMAT = "edgeres-tvm/1"
 PRECISIONS = ("fp32", "int8")
-INT8_FLOAT_NOTE = ("quantized convolutions run as quantize->dequantize->float kernels (INT8 numerics, float "
-                   "speed): {why}")
-INT8_INTEGER_NOTE = ("{n} of {total} quantized convolutions run integer kernels ({kind}){rest}")
 
 
 # -- availability ---------------------------------------------------------------------
@@ -263,34 +261,14 @@ def compile(onnx_path: str | os.PathLike, target: Any, out_dir: str | os.PathLik
         "int8_kernels": convs.get("packed_int8", 0) > 0,
     }
     if precision == "int8":
-        info["int8_note"] = _int8_note(opts, tvm_target, rewrite)
+        from edgeres.backends.tvm_int8 import describe
+
+        info["int8_note"] = describe(opts, tvm_target, rewrite)
     artifact = Artifact(backend=NAME, path=so, precision=precision, input_name=imported.input_name,
                         input_shape=imported.input_shape, files=(MODEL_FILE, sidecar_path(so).name),
                         compile_seconds=seconds, info=info)
     write_json(sidecar_path(so), {"format": SIDECAR_FORMAT, **artifact.to_dict()})
     return artifact
-
-
-def _int8_note(opts: tt.TvmOptions, tvm_target: Any, rewrite: dict[str, int]) -> str:
-    """One line for the artifact: which quantized convolutions run integer kernels, and why not the rest."""
-    from edgeres.backends.tvm_int8 import SATURATING, int8_kind
-
-    kind = int8_kind(tvm_target)
-    if opts.int8 == "float":
-        return INT8_FLOAT_NOTE.format(why="int8 = \"float\" was asked for")
-    if opts.layout != "NHWC" or opts.conv != "packed":
-        return INT8_FLOAT_NOTE.format(why="integer kernels need layout = NHWC and conv = packed")
-    if kind is None:
-        return INT8_FLOAT_NOTE.format(why=f"{tvm_target.attrs.get('mcpu', 'this CPU')} has no dot-product "
-                                          "instruction edgeres uses (SSSE3/AVX2/AVX-512, AArch64 dotprod)")
-    n, rest = rewrite.get("int8", 0), rewrite.get("float", 0)
-    if n + rest == 0:
-        return INT8_FLOAT_NOTE.format(why="no Q/DQ convolution was found")
-    why = ""
-    if rest:
-        why = (f"; {rest} keep float kernels" + (" (weights wider than 7 bits would saturate vpmaddubsw: "
-                                                 "quantize with --reduce-range)" if kind in SATURATING else ""))
-    return INT8_INTEGER_NOTE.format(n=n, total=n + rest, kind=kind, rest=why)
 
 
 # -- load / run -----------------------------------------------------------------------

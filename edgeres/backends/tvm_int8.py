@@ -57,6 +57,9 @@ PIXEL_TILES = {
     "ssse3": (2, 3, 1),
     "sdot": (4, 5, 3, 6, 7, 2, 1),
 }
+INT8_FLOAT_NOTE = ("quantized convolutions run as quantize->dequantize->float kernels (INT8 numerics, float "
+                   "speed): {why}")
+INT8_INTEGER_NOTE = ("{n} of {total} quantized convolutions run integer kernels ({kind}){rest}")
 INTRIN_PREFIX = "edgeres_dot_16x4_"
 FUNC_NAME = "conv2d_nhwc_packed_int8"
 
@@ -344,3 +347,23 @@ def integer_convolutions(mod: Any, target: Any) -> tuple[Any, dict[str, int]]:
 
     out = _Rewriter(mod).transform()
     return relax.transform.DeadCodeElimination()(out), counts
+
+
+def describe(opts: Any, tvm_target: Any, rewrite: dict[str, int]) -> str:
+    """One line for the artifact: which quantized convolutions run integer kernels, and why not the rest."""
+    kind = int8_kind(tvm_target)
+    if opts.int8 == "float":
+        return INT8_FLOAT_NOTE.format(why="int8 = \"float\" was asked for")
+    if opts.layout != "NHWC" or opts.conv != "packed":
+        return INT8_FLOAT_NOTE.format(why="integer kernels need layout = NHWC and conv = packed")
+    if kind is None:
+        return INT8_FLOAT_NOTE.format(why=f"{tvm_target.attrs.get('mcpu', 'this CPU')} has no dot-product "
+                                          "instruction edgeres uses (SSSE3/AVX2/AVX-512, AArch64 dotprod)")
+    n, rest = rewrite.get("int8", 0), rewrite.get("float", 0)
+    if n + rest == 0:
+        return INT8_FLOAT_NOTE.format(why="no Q/DQ convolution was found")
+    why = ""
+    if rest:
+        why = (f"; {rest} keep float kernels" + (" (weights wider than 7 bits would saturate vpmaddubsw: "
+                                                 "quantize with --reduce-range)" if kind in SATURATING else ""))
+    return INT8_INTEGER_NOTE.format(n=n, total=n + rest, kind=kind, rest=why)
