@@ -314,18 +314,18 @@ def integer_convolutions(mod: Any, target: Any) -> tuple[Any, dict[str, int]]:
             call = super().visit_call_(call)
             if not isinstance(call, relax.Call) or call.op != ops["nn.conv2d"]:
                 return call
+            act = self._activation(call.args[0])
+            if act is None:  # not a quantized convolution
+                return call
             a = call.attrs
+            wts = self._weights(call.args[1])
             if (str(a.data_layout), str(a.kernel_layout), str(a.out_layout or a.data_layout)) != \
                     ("NHWC", "HWIO", "NHWC") or int(a.groups) != 1 \
-                    or str(a.out_dtype or "") not in ("", "None", "float32"):
-                return call
-            act, wts = self._activation(call.args[0]), self._weights(call.args[1])
-            if act is None or wts is None:
+                    or str(a.out_dtype or "") not in ("", "None", "float32") \
+                    or wts is None or _static_shape(act[0].ty) is None or wts[0].shape[0] % BLOCK:
+                counts["float"] += 1  # grouped, dynamic, K % 16, weights not symmetric int8 constants
                 return call
             (q, s, z), (wq, sw) = act, wts
-            if _static_shape(q.ty) is None or wq.shape[0] % BLOCK:
-                counts["float"] += 1
-                return call
             if kind in SATURATING and int(np.abs(wq.astype(np.int32)).max(initial=0)) > WEIGHT_LIMIT_7BIT:
                 counts["float"] += 1  # vpmaddubsw could saturate: quantize with reduce_range
                 return call

@@ -128,6 +128,14 @@ def test_8bit_weights_keep_float_kernels_where_vpmaddubsw_would_saturate():
 
 
 @needs_kernel
+def test_output_channels_not_a_multiple_of_16_stay_float_and_are_counted():
+    mod, x, ref = _layer(1, 8, 6, 6, 24, 3, 1, (1, 1, 1, 1), 1)
+    vm, counts, kernels = _compile(mod)
+    assert counts == {"int8": 0, "float": 1} and kernels["packed_int8"] == 0
+    np.testing.assert_allclose(_run(vm, x), ref, rtol=1e-4, atol=1e-4 * float(np.abs(ref).max()))
+
+
+@needs_kernel
 def test_generic_x86_target_uses_the_ssse3_kernel():
     assert tvm_int8.int8_kind(_target("x86-64")) == "ssse3"
     mod, x, ref = _layer(1, 16, 6, 6, 32, 3, 1, (1, 1, 1, 1), 1, zp=3)
