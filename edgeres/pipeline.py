@@ -253,11 +253,15 @@ def _write_app_example(tgt: Target, root: Path) -> None:
 
 
 def _artifact_runner(artifact: Any, backend: Any, deploy_onnx: Path):
-    if artifact is not None:
-        return backend.load(artifact), f"{artifact.backend}"
     from edgeres.backends.onnxruntime import make_runner
+    from edgeres.errors import BackendUnavailable
 
-    return make_runner(deploy_onnx), "onnxruntime Q/DQ (engine not built here)"
+    if artifact is None:
+        return make_runner(deploy_onnx), "onnxruntime Q/DQ (engine not built here)"
+    try:
+        return backend.load(artifact), f"{artifact.backend}"
+    except BackendUnavailable as e:  # built for a CPU this machine is not (e.g. AVX-512 on an AVX2 host)
+        return make_runner(deploy_onnx), f"onnxruntime (the {artifact.backend} artifact cannot run here: {e})"
 
 
 def _validate(fp32_onnx: Path, deploy_onnx: Path, artifact: Any, backend: Any, ds: Any, max_drop: float | None,

@@ -366,4 +366,9 @@ def load(artifact_or_path: Artifact | str | os.PathLike, target: Any = None, *,
         from edgeres.cpp_runner import emulated_runner
 
         return emulated_runner(art.path, art.input_shape)  # one qemu process per call, any batch size
+    missing = tt.missing_host_features(art.info.get("tvm_target") or {})
+    if missing:  # running it would die of SIGILL
+        raise BackendUnavailable(
+            f"{art.path} was compiled for {art.info['tvm_target'].get('mcpu', '?')} and this CPU lacks "
+            f"{', '.join(missing)}; run it on such a CPU, or compile for x86-64-host to run it here")
     return TvmRunner(art, threads)

@@ -147,8 +147,9 @@ def intrinsic(kind: str) -> str:
                 if kind == "vnni":
                     C[T.ramp(j * lanes, 1, lanes)] = T.call_llvm_pure_intrin(
                         T.llvm_lookup_intrinsic_id(madd), C.vload([j * lanes], f"int32x{lanes}"),
-                        T.broadcast(T.reinterpret(A.vload([0], f"{a_dtype}x4"), dtype="int32"), lanes),
-                        T.reinterpret(B.vload([j * lanes, 0], f"int8x{nbytes}"), dtype=f"int32x{lanes}"),
+                        T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], f"{a_dtype}x4"), dtype="int32"), lanes),
+                                      dtype=f"uint8x{nbytes}"),
+                        B.vload([j * lanes, 0], f"int8x{nbytes}"),  # LLVM >= 19: byte-vector operands
                         dtype=f"int32x{lanes}")
                 elif kind == "sdot":
                     C[T.ramp(j * lanes, 1, lanes)] = T.call_llvm_pure_intrin(

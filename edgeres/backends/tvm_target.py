@@ -158,3 +158,32 @@ def make_target(tvm_target: Mapping[str, Any]) -> Any:
     except Exception as e:  # noqa: BLE001 - TVM raises several types for bad targets
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         raise UsageError(f"TVM rejects the target {dict(tvm_target)}: {reason}; fix the [tvm] target table") from e
+
+
+# LLVM feature name -> /proc/cpuinfo flag, for the instruction sets edgeres' kernels use.
+CPU_FEATURES = {"sse4.2": "sse4_2", "ssse3": "ssse3", "avx2": "avx2", "fma": "fma", "avx512f": "avx512f",
+                "avx512bw": "avx512bw", "avx512vnni": "avx512_vnni"}
+
+
+def missing_host_features(tvm_target: Mapping[str, Any]) -> list[str]:
+    """x86 instruction sets an x86 target dict compiles for that this machine's CPU lacks ([] if none,
+    or when it cannot tell: not Linux, not x86, not an LLVM target)."""
+    flags_file = Path("/proc/cpuinfo")
+    if str(tvm_target.get("kind")) != "llvm" or not str(tvm_target.get("mtriple", "x86_64")).startswith("x86_64") \
+            or not flags_file.is_file():
+        return []
+    flags: set[str] = set()
+    for line in flags_file.read_text(errors="replace").splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    if not flags:
+        return []
+    from tvm.target import codegen
+
+    target = make_target(dict(tvm_target))
+    try:
+        wanted = [f for f in CPU_FEATURES if codegen.llvm_cpu_has_features([f], target)]
+    except Exception:  # noqa: BLE001 - LLVM cannot describe the target: do not block
+        return []
+    return [f for f in wanted if CPU_FEATURES[f] not in flags]

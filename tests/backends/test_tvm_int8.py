@@ -238,3 +238,45 @@ def test_resnet20_runs_every_convolution_as_integer(r20_untrained_onnx, make_ima
     assert np.abs(got - fake).max() <= 0.02 * scale  # the same numerics; float sums round differently
     assert np.abs(got - ref).max() <= 0.05 * scale  # ORT requantizes with its own rounding
     assert (got.argmax(1) == fake.argmax(1)).mean() >= 0.875
+
+
+def _asm(executable) -> str:
+    text = ""
+    for m in [executable.mod, *executable.mod.imports]:
+        try:
+            text += m.inspect_source("asm")
+        except Exception:  # noqa: BLE001 - modules without assembly (the VM's)
+            pass
+    return text
+
+
+@pytest.mark.parametrize("mcpu,kind,instruction", [("cascadelake", "vnni", "vpdpbusd"),
+                                                   ("skylake-avx512", "avx512bw", "vpmaddubsw")])
+def test_avx512_kernels_compile_to_their_instructions(mcpu, kind, instruction):
+    """Compile-only (this CPU may lack AVX-512): the intrinsics lower through TVM's LLVM."""
+    target_dict = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu}
+    opts = tt.parse_options(get_target("x86-64-avx512"), {"target": target_dict})
+    tvm_target = tt.make_target(target_dict)
+    assert tvm_int8.int8_kind(tvm_target) == kind
+    mod, _, _ = _layer(1, 16, 8, 8, 32, 3, 1, (1, 1, 1, 1), 1, wmax=63)
+    counts: dict[str, int] = {}
+    lowered, _ = tb.apply_schedules(tb.lower(mod, tvm_target, opts, counts), tvm_target, opts)
+    assert counts == {"int8": 1, "float": 0}
+    asm = _asm(tvm.compile(lowered, tvm_target))
+    assert instruction in asm and "zmm" in asm
+
+
+def test_artifact_for_a_cpu_this_machine_lacks_is_refused_not_run(tiny_onnx, tmp_path):
+    from edgeres.errors import BackendUnavailable
+
+    art = tb.compile(tiny_onnx, get_target("x86-64-avx512"), tmp_path / "a", precision="fp32")
+    missing = tt.missing_host_features(art.info["tvm_target"])
+    if not missing:
+        pytest.skip("this CPU has AVX-512 VNNI: the artifact runs here")
+    with pytest.raises(BackendUnavailable, match="this CPU lacks avx512"):
+        tb.load(art)
+    # compile --val then validates the deployed ONNX with ONNX Runtime, and says so
+    from edgeres.pipeline import _artifact_runner
+
+    runner, name = _artifact_runner(art, tb, tiny_onnx)
+    assert name.startswith("onnxruntime (the tvm artifact cannot run here") and callable(runner)
