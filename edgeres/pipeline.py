@@ -173,7 +173,8 @@ def compile_bundle(
         if buildable:
             artifact = backend.compile(deploy_onnx, tgt, tmp / ARTIFACT_DIR, precision=prec, options=backend_options)
             timings["compile"] = time.perf_counter() - t
-            log(f"compiled with {tgt.backend} in {timings['compile']:.1f} s")
+            log(f"compiled with {tgt.backend} in {timings['compile']:.1f} s"
+                + (f"; {artifact.info['int8_note']}" if artifact.info.get("int8_note") else ""))
         else:
             recipe = backend.build_recipe(tgt, prec, deploy_onnx.name, input_chw=(3, *pre.input_size),
                                           options=backend_options, bundle=str(out))
