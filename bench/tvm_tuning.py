@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     from edgeres.backends.onnxruntime import make_runner
     from edgeres.export import export_onnx, resolve_source
     from edgeres.targets import get_target
-    from edgeres.tuning import parse_duration, tune
+    from edgeres.backends.tvm.tuning import parse_duration, tune
 
     target = get_target(args.target)
     work = Path(tempfile.mkdtemp(prefix="edgeres-bench-tune-"))

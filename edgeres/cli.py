@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from edgeres.cli_format import console, parse_options, pct, print_bundle_report, report_table
 from edgeres.errors import AccuracyRegression, EdgeresError, UsageError
 
 app = typer.Typer(
@@ -27,37 +28,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console()
 err = Console(stderr=True)
 
 TargetsDir = typer.Option(None, "--targets-dir", help="Extra directory of target .toml files.")
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.2f}%"
-
-
-def _report_table(report, title: str = "Accuracy") -> Table:
-    t = Table(title=title)
-    for c in ("", "top-1", "top-5"):
-        t.add_column(c, justify="right" if c else "left")
-    t.add_row("FP32 reference (ONNX Runtime)", _pct(report.reference.top1), _pct(report.reference.top5))
-    label = f"artifact ({report.context.get('precision', '?')}, {report.context.get('backend', '?')})"
-    t.add_row(label, _pct(report.artifact.top1), _pct(report.artifact.top5))
-    t.add_row("drop (points)", f"{report.drop_top1:+.2f}", f"{report.drop_top5:+.2f}")
-    t.caption = (f"{report.num_images} images · top-1 agreement {_pct(report.agreement_top1)} · "
-                 f"mean logit cosine {report.mean_cosine:.4f} · max drop {report.max_drop} · "
-                 f"{'PASSED' if report.passed else 'FAILED'}")
-    return t
-
-
-def _print_bundle_report(bundle: Path) -> None:
-    from edgeres.bundle import REPORT
-    from edgeres.evaluate import AccuracyReport
-
-    path = Path(bundle) / REPORT
-    if path.is_file():
-        console.print(_report_table(AccuracyReport.from_dict(json.loads(path.read_text()))))
 
 
 @app.command()
@@ -140,7 +113,7 @@ def train(
         console.print(f"classifier head replaced: new fc for {len(res.class_names)} classes (from {init})")
     if res.trainable_params != res.total_params:
         console.print(f"trainable parameters: {res.trainable_params:,} of {res.total_params:,} (backbone frozen)")
-    console.print(f"[green]trained[/green] {model}: best val top-1 {_pct(res.best_val_top1)} (epoch {res.best_epoch}) -> {res.best_checkpoint}")
+    console.print(f"[green]trained[/green] {model}: best val top-1 {pct(res.best_val_top1)} (epoch {res.best_epoch}) -> {res.best_checkpoint}")
 
 
 @app.command()
@@ -196,18 +169,16 @@ def compile_cmd(
             backend_options=_backend_options(option, tuning_db),
         )
     except AccuracyRegression:
-        _print_bundle_report(out)
+        print_bundle_report(out)
         raise
     if res.report is not None:
-        console.print(_report_table(res.report))
+        console.print(report_table(res.report))
     for n in res.notes:
         console.print(f"[yellow]note:[/yellow] {n}")
     console.print(f"[green]bundle[/green] {res.bundle} ({res.target.name}, {res.precision})")
 
 
 def _backend_options(option: Optional[List[str]], tuning_db: Optional[Path]) -> Optional[dict]:
-    from edgeres.cli_deploy import parse_options
-
     opts = parse_options(option)
     if tuning_db is not None:
         if not tuning_db.is_dir():
@@ -230,7 +201,7 @@ def validate(
     report = validate_bundle(bundle, data, max_drop=max_drop, limit=limit)
     if json_out:
         report.write(json_out)
-    console.print(_report_table(report))
+    console.print(report_table(report))
     if not report.passed:
         err.print(f"error: top-1 dropped {report.drop_top1:.2f} points, more than --max-drop {report.max_drop}")
         raise typer.Exit(1)
@@ -306,7 +277,7 @@ def quickstart(
     from edgeres.quickstart import run_quickstart
 
     res = run_quickstart(workdir, epochs=epochs, target=target, log=console.print)
-    console.print(_report_table(res.report, title="edgeres quickstart: ResNet-20 on the built-in data"))
+    console.print(report_table(res.report, title="edgeres quickstart: ResNet-20 on the built-in data"))
     t = Table(title="time per stage (s)")
     t.add_column("stage")
     t.add_column("s", justify="right")

@@ -7,23 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from edgeres.errors import UsageError
-
-
-def parse_options(items: Optional[List[str]]) -> dict:
-    """``--option key=value`` pairs; values parsed as TOML scalars/tables where possible (``dla_core=0``)."""
-    import tomllib
-
-    out: dict = {}
-    for item in items or []:
-        if "=" not in item:
-            raise UsageError(f"--option {item!r} must look like key=value (e.g. dla_core=0)")
-        key, value = item.split("=", 1)
-        try:
-            out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
-        except tomllib.TOMLDecodeError:
-            out[key.strip()] = value
-    return out
+from edgeres.cli_format import parse_options
 
 
 def register(app: typer.Typer, console) -> None:  # noqa: ANN001
@@ -36,16 +20,16 @@ def register(app: typer.Typer, console) -> None:  # noqa: ANN001
         option: Optional[List[str]] = typer.Option(None, "--option", help="Builder option key=value (dla_core=0, workspace_mb=1024)."),
     ):
         """On the device: build the bundle's TensorRT engine with the installed TensorRT and record it."""
-        from edgeres.engine_build import build_engine
+        from edgeres.backends.tensorrt.device_build import build_engine
 
         b, report = build_engine(bundle, options=parse_options(option), data=data, max_drop=max_drop, limit=limit)
         art = b.manifest["artifact"]
         console.print(f"[green]engine[/green] {b.root}/artifact/{art['file']} "
                       f"(TensorRT {art['info'].get('tensorrt_version', '?')}, {art['compile_seconds']:.1f} s)")
         if report is not None:
-            from edgeres.cli import _report_table
+            from edgeres.cli_format import report_table
 
-            console.print(_report_table(report))
+            console.print(report_table(report))
 
     @app.command(name="check-qdq")
     def check_qdq_cmd(
@@ -54,10 +38,7 @@ def register(app: typer.Typer, console) -> None:  # noqa: ANN001
                                               help="Require (or skip) a real TensorRT/TensorRT-RTX parse; default: if installed."),
     ):
         """Check a Q/DQ ONNX against TensorRT's explicit-quantization rules, without a GPU."""
-        from edgeres.conformance import check_qdq, format_report
-        from edgeres.export import load_onnx
-
-        load_onnx(onnx_path)  # one-line error for a missing or corrupt file
+        from edgeres.backends.tensorrt.conformance import check_qdq, format_report
         rep = check_qdq(onnx_path, parse_with_trt=parser)
         console.print(format_report(rep), markup=False, highlight=False)
         if not rep.ok:

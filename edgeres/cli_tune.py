@@ -28,10 +28,10 @@ def register(app: typer.Typer, console) -> None:  # noqa: ANN001
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     ):
         """Tune a model's TVM kernels with MetaSchedule; compile applies the database with --tuning-db DIR."""
-        from edgeres.cli_deploy import parse_options
+        from edgeres.cli_format import parse_options
         from edgeres.export import OnnxSource, export_onnx, resolve_source
         from edgeres.targets import get_target
-        from edgeres.tuning import parse_duration, tune
+        from edgeres.backends.tvm.tuning import parse_duration, tune
 
         budget = parse_duration(time_budget) if time_budget else None
         tgt = get_target(target)

@@ -55,39 +55,26 @@ class OnnxSource:
 
 
 def load_onnx(path: str | os.PathLike) -> Any:
-    """Load and check an ONNX file; one-line InputError when missing or corrupt."""
-    import onnx
+    """Load and check an ONNX classifier file; one-line InputError when missing, corrupt or not one."""
+    from edgeres.onnx_io import graph_io, load_model
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"ONNX file {path} does not exist; check the path")
-    try:
-        model = onnx.load(str(path))
-        onnx.checker.check_model(model)
-    except Exception as e:  # onnx raises DecodeError, ValidationError, ...
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise InputError(f"{path} is not a valid ONNX model ({first[:200]}); re-export it") from e
-    if len(model.graph.input) - len(model.graph.initializer) < 1 or len(model.graph.output) != 1:
-        graph_inputs = {i.name for i in model.graph.input} - {i.name for i in model.graph.initializer}
-        if len(graph_inputs) != 1 or len(model.graph.output) != 1:
-            raise InputError(f"{path} must have one image input and one logits output; it has "
-                             f"{len(graph_inputs)} inputs and {len(model.graph.output)} outputs")
+    model = load_model(path, check=True)
+    io = graph_io(model)
+    if len(io.inputs) != 1 or len(io.outputs) != 1:
+        raise InputError(f"{path} must have one image input and one logits output; it has "
+                         f"{len(io.inputs)} inputs and {len(io.outputs)} outputs")
     return model
 
 
 def onnx_input_info(model: Any) -> tuple[str, list[int | str]]:
     """(name, shape) of the model's image input; symbolic dims are strings."""
-    initializers = {i.name for i in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in initializers]
-    if len(inputs) != 1:
-        raise InputError(f"expected one image input, found {[i.name for i in inputs]}")
-    inp = inputs[0]
-    dims: list[int | str] = []
-    for d in inp.type.tensor_type.shape.dim:
-        dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or "N"))
-    if len(dims) != 4 or dims[1] != 3:
-        raise InputError(f"input {inp.name!r} has shape {dims}; edgeres needs an NCHW RGB image input (N,3,H,W)")
-    return inp.name, dims
+    from edgeres.onnx_io import image_input
+
+    inp = image_input(model)
+    if inp.dims[1] != 3:
+        raise InputError(f"input {inp.name!r} has shape {list(inp.dims)}; edgeres needs an NCHW RGB image input "
+                         "(N,3,H,W)")
+    return inp.name, list(inp.dims)
 
 
 def onnx_source(path: str | os.PathLike, preprocessing: Preprocessing | None = None) -> OnnxSource:

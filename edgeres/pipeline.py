@@ -111,65 +111,48 @@ def compile_bundle(
 ) -> CompileResult:
     """Compile ``source`` for ``target`` into the bundle directory ``out`` (atomically).
 
-    Raises AccuracyRegression (exit 1) after writing the bundle when validation on
-    ``val`` breaks ``max_drop`` (default: the target's threshold).
+    Everything that can be checked without work is checked first (target, precision, the
+    backend and its toolchain, the model source, calibration inputs). Raises
+    AccuracyRegression (exit 1) after writing the bundle when validation on ``val`` breaks
+    ``max_drop`` (default: the target's threshold).
     """
     from edgeres.backends import get_backend
     from edgeres.export import resolve_source
 
     tgt = target if isinstance(target, Target) else get_target(target, targets_dirs)
     prec = resolve_precision(tgt, precision)
+    backend = get_backend(tgt.backend, require=False)
+    backend.preflight(tgt, prec, backend_options)  # a missing backend fails here, before any work
+    src = resolve_source(source, weights)
     if prec == "int8" and not calib and not calib_cache:
         raise UsageError("--precision int8 needs calibration images: pass --calib DIR (or --calib-cache FILE)")
-    backend = get_backend(tgt.backend, require=False)
-    timings: dict[str, float] = {}
-    notes: list[str] = []
-    src = resolve_source(source, weights)
     out = Path(out)
     threshold = max_drop if max_drop is not None else tgt.max_drop
-    val_ds = None
+    timings: dict[str, float] = {}
+    notes: list[str] = []
     with atomic_dir(out) as tmp:
         t = time.perf_counter()
         pre, model_name, export_info = export_stage(src, tmp / FP32_ONNX)
         timings["export"] = time.perf_counter() - t
         log(f"exported FP32 ONNX in {timings['export']:.1f} s")
         (tmp / LABELS).write_text("".join(f"{c}\n" for c in pre.class_names))
-        if val:
-            val_ds = open_data(val, "val", pre, limit=val_limit)
-        deploy_onnx = tmp / FP32_ONNX
-        quant_info: dict[str, Any] | None = None
+        val_ds = open_data(val, "val", pre, limit=val_limit) if val else None
+        deploy_onnx, quant_info = tmp / FP32_ONNX, None
         if prec == "int8":
             t = time.perf_counter()
-            batches, fingerprint = open_calibration(calib, pre, num_calib)
-            cache_dest = tmp / CALIB_CACHE
-            if calib_cache and Path(calib_cache).is_file():
-                shutil.copyfile(calib_cache, cache_dest)
-            q, fb_record = quantize_stage(
-                tmp / FP32_ONNX, tmp / INT8_ONNX, batches, fingerprint, form=tgt.qdq_form,
-                fallback_precision="fp16" if tgt.device != "cpu" and "fp16" in tgt.precisions else "fp32",
-                method=method, per_channel=per_channel, reduce_range=tgt.reduce_range,
-                percentile=percentile, cache_path=cache_dest, val_ds=val_ds if fallback else None,
-                max_drop=threshold, log=log)
-            if calib_cache and not Path(calib_cache).is_file():
-                shutil.copyfile(cache_dest, calib_cache)
+            quant_info = _quantize_into(tmp, tgt, pre, calib=calib, calib_cache=calib_cache, num_calib=num_calib,
+                                        method=method, per_channel=per_channel, percentile=percentile,
+                                        val_ds=val_ds if fallback else None, max_drop=threshold, log=log)
             deploy_onnx = tmp / INT8_ONNX
             timings["quantize"] = time.perf_counter() - t
-            quant_info = {"method": q.method, "form": q.form, "per_channel": q.per_channel,
-                          "reduce_range": q.reduce_range, "num_calib": q.num_calib,
-                          "quantized_nodes": q.num_quantized_nodes, "excluded": list(q.excluded),
-                          "cache_hit": q.cache_hit, "calib_data": calib, "calib_fingerprint": fingerprint,
-                          "fallback": fb_record}
+            fb = quant_info["fallback"]
             log(f"quantized INT8 ({method}, {tgt.qdq_form} form) in {timings['quantize']:.1f} s"
-                + (f"; {len(fb_record['layers'])} layer(s) kept in {fb_record['precision']} to meet --max-drop "
-                   f"{threshold}" if fb_record and fb_record["layers"] else ""))
-
-        artifact = None
-        recipe = None
-        conformance = None
-        if tgt.backend == "tensorrt" and prec == "int8":
-            conformance = _tensorrt_conformance(deploy_onnx)
+                + (f"; {len(fb['layers'])} layer(s) kept in {fb['precision']} to meet --max-drop {threshold}"
+                   if fb and fb["layers"] else ""))
+        conformance = backend.check_deploy_model(deploy_onnx, prec)
         t = time.perf_counter()
-        buildable, why = _buildable_here(backend, tgt, backend_options, str(out))
+        artifact, recipe = None, None
+        buildable, why = backend.buildable_here(tgt, backend_options, bundle=str(out))
         if buildable:
             artifact = backend.compile(deploy_onnx, tgt, tmp / ARTIFACT_DIR, precision=prec, options=backend_options)
             timings["compile"] = time.perf_counter() - t
@@ -180,16 +163,15 @@ def compile_bundle(
                                           options=backend_options, bundle=str(out))
             write_json(tmp / RECIPE, recipe)
             notes.append(f"engine not built here ({why})")
-        _write_app_example(tgt, tmp)
-
+        backend.write_app_example(tmp)
         report = None
-        if val:
+        if val_ds is not None:
             t = time.perf_counter()
             report = _validate(tmp / FP32_ONNX, deploy_onnx, artifact, backend, val_ds, threshold,
                                {"model": model_name, "target": tgt.name, "precision": prec, "data": str(val)})
             report.write(tmp / REPORT)
             timings["validate"] = time.perf_counter() - t
-        record = {
+        write_manifest(tmp, {
             "model": {"name": model_name, **export_info},
             "target": tgt.to_dict(),
             "precision": prec,
@@ -204,8 +186,7 @@ def compile_bundle(
             "validation": ({"report": REPORT, "passed": report.passed, "drop_top1": report.drop_top1,
                             "data": val} if report else None),
             "timings": {k: round(v, 3) for k, v in timings.items()},
-        }
-        write_manifest(tmp, record)
+        })
     result = CompileResult(out, tgt, prec, report, timings, artifact, notes)
     if report is not None and not report.passed:
         raise AccuracyRegression(
@@ -215,62 +196,46 @@ def compile_bundle(
     return result
 
 
-def _buildable_here(backend: Any, tgt: Target, options: dict[str, Any] | None, bundle: str) -> tuple[bool, str]:
-    check = getattr(backend, "check_buildable_here", None)
-    if check is not None:
-        return check(tgt, options, bundle=bundle)
-    if not backend.available():
-        from edgeres.errors import BackendUnavailable
-
-        raise BackendUnavailable(
-            f"the {tgt.backend} backend is not available here ({backend.unavailable_reason()}); "
-            f"install it with: pip install 'edgeres[{tgt.backend}]'"
-        )
-    return True, ""
-
-
-def _tensorrt_conformance(onnx_path: Path) -> dict[str, Any]:
-    """The GPU-free Q/DQ check (structural rules + TensorRT parser where installed); a failure
-    here is a quantizer bug, never something to ship."""
-    from edgeres.conformance import check_qdq, format_report
-
-    rep = check_qdq(onnx_path)
-    if not rep.ok:
-        raise CompileError(f"the Q/DQ model fails TensorRT's rules: {format_report(rep).splitlines()[0]}; "
-                           "please report this to edgeres with the model")
-    return rep.to_dict()
+def _quantize_into(tmp: Path, tgt: Target, pre: Preprocessing, *, calib: str | None,
+                   calib_cache: str | os.PathLike | None, num_calib: int, method: str, per_channel: bool,
+                   percentile: float, val_ds: Any, max_drop: float | None,
+                   log: Callable[[str], None]) -> dict[str, Any]:
+    """Quantize the bundle's FP32 ONNX into its INT8 ONNX (with the calibration cache); the manifest record."""
+    batches, fingerprint = open_calibration(calib, pre, num_calib)
+    cache_dest = tmp / CALIB_CACHE
+    if calib_cache and Path(calib_cache).is_file():
+        shutil.copyfile(calib_cache, cache_dest)
+    q, fb_record = quantize_stage(
+        tmp / FP32_ONNX, tmp / INT8_ONNX, batches, fingerprint, form=tgt.qdq_form,
+        fallback_precision=tgt.fallback_precision, method=method, per_channel=per_channel,
+        reduce_range=tgt.reduce_range, percentile=percentile, cache_path=cache_dest, val_ds=val_ds,
+        max_drop=max_drop, log=log)
+    if calib_cache and not Path(calib_cache).is_file():
+        shutil.copyfile(cache_dest, calib_cache)
+    return {"method": q.method, "form": q.form, "per_channel": q.per_channel, "reduce_range": q.reduce_range,
+            "num_calib": q.num_calib, "quantized_nodes": q.num_quantized_nodes, "excluded": list(q.excluded),
+            "cache_hit": q.cache_hit, "calib_data": calib, "calib_fingerprint": fingerprint,
+            "fallback": fb_record}
 
 
-def _write_app_example(tgt: Target, root: Path) -> None:
-    """The embedded-integration example an application starts from (C++ for TVM and TensorRT)."""
-    if tgt.backend == "tvm":
-        from edgeres.cpp_runner import write_cpp_runner
-
-        write_cpp_runner(root)
-    elif tgt.backend == "tensorrt":
-        from edgeres.backends.tensorrt import copy_cpp_template
-
-        copy_cpp_template(root / "cpp")
-
-
-def _artifact_runner(artifact: Any, backend: Any, deploy_onnx: Path):
-    from edgeres.backends.onnxruntime import make_runner
+def _artifact_runner(artifact: Any, backend: Any, deploy_onnx: Path) -> tuple[Any, str]:
+    from edgeres.backends import reference_runner
     from edgeres.errors import BackendUnavailable
 
     if artifact is None:
-        return make_runner(deploy_onnx), "onnxruntime Q/DQ (engine not built here)"
+        return reference_runner(deploy_onnx), "onnxruntime Q/DQ (engine not built here)"
     try:
         return backend.load(artifact), f"{artifact.backend}"
     except BackendUnavailable as e:  # built for a CPU this machine is not (e.g. AVX-512 on an AVX2 host)
-        return make_runner(deploy_onnx), f"onnxruntime (the {artifact.backend} artifact cannot run here: {e})"
+        return reference_runner(deploy_onnx), f"onnxruntime (the {artifact.backend} artifact cannot run here: {e})"
 
 
 def _validate(fp32_onnx: Path, deploy_onnx: Path, artifact: Any, backend: Any, ds: Any, max_drop: float | None,
               context: dict[str, Any]) -> AccuracyReport:
-    from edgeres.backends.onnxruntime import make_runner
+    from edgeres.backends import reference_runner
     from edgeres.data import iter_batches
 
-    reference = make_runner(fp32_onnx)
+    reference = reference_runner(fp32_onnx)
     runner, runner_name = _artifact_runner(artifact, backend, deploy_onnx)
     ctx = {**context, "backend": runner_name, "data_fingerprint": ds.fingerprint()}
     return compare(reference, runner, iter_batches(ds, EVAL_BATCH), max_drop=max_drop, context=ctx)
@@ -314,8 +279,8 @@ def validate_bundle(bundle: str | os.PathLike | Bundle, data: str, *, max_drop: 
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, verify=verify)
     backend = get_backend(b.backend, require=False)
     art = b.artifact()
-    if art is not None and not backend.available():
-        get_backend(b.backend)  # raises BackendUnavailable with the install hint
+    if art is not None:
+        backend.require()  # BackendUnavailable with the install hint
     threshold = max_drop if max_drop is not None else b.manifest["target"].get("max_drop")
     ds = open_data(data, "val", b.preprocessing, limit=limit)
     ctx = {"model": b.manifest["model"]["name"], "target": b.target_name, "precision": b.precision,

@@ -221,7 +221,7 @@ def get_recipe(name: str) -> Recipe:
 
 def load_recipe_file(path: str | os.PathLike) -> Recipe:
     """Read a TOML recipe: TrainConfig fields at top level or under ``[train]``; ``base`` names a recipe."""
-    import tomllib
+    from edgeres.compat import tomllib
 
     path = Path(path)
     if not path.is_file():

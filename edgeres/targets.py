@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
-import tomllib
+from edgeres.compat import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -69,6 +69,11 @@ class Target:
     options: Mapping[str, Any] = field(default_factory=dict)
     source: str = ""
     reduce_range: bool = False  # 7-bit INT8 weights (x86 integer kernels without VNNI)
+
+    @property
+    def fallback_precision(self) -> str:
+        """The precision a layer kept out of INT8 runs in: FP16 on GPU targets that have it, else FP32."""
+        return "fp16" if self.device != "cpu" and "fp16" in self.precisions else "fp32"
 
     def options_dict(self) -> dict[str, Any]:
         """A mutable deep copy of the backend options."""

@@ -1,47 +1,43 @@
-"""Backends: one module per compiler/runtime behind one small interface.
+"""Backends: one package (or module) per compiler/runtime, each behind :class:`~edgeres.backends.base.Backend`.
 
-Each backend module exposes::
+``get_backend(name)`` imports the backend lazily and returns its ``BACKEND`` instance; with
+``require=True`` a backend that cannot run here raises :class:`BackendUnavailable` naming the
+pip extra to install. Version shims of a backend stay inside its own package.
 
-    NAME: str
-    available() -> bool                   # importable (and hardware present, where needed)
-    version() -> str | None
-    compile(onnx_path, target, out_dir, *, precision, options=None) -> Artifact
-    load(artifact: Artifact | Path, target=None) -> Runner
-
-A Runner is a callable mapping an NCHW float32 numpy batch (any batch size) to
-float32 logits ``(N, num_classes)``. Backends are imported lazily here; a missing
-one raises :class:`BackendUnavailable` naming the extra to install. Version shims
-of a backend stay inside its own module.
+* :mod:`edgeres.backends.onnxruntime` — the reference runner everywhere, and a deploy backend;
+* :mod:`edgeres.backends.tvm` — Apache TVM (Relax) for x86 and ARM CPUs;
+* :mod:`edgeres.backends.tensorrt` — TensorRT for NVIDIA GPUs and Jetson.
 """
 
 from __future__ import annotations
 
 import importlib
-from types import ModuleType
+import os
+from pathlib import Path
 
-from edgeres.backends.base import Artifact, Runner  # noqa: F401
-from edgeres.errors import BackendUnavailable, UsageError
+from edgeres.backends.base import Artifact, Backend, Capabilities, Runner  # noqa: F401
+from edgeres.errors import UsageError
 
-_MODULES = {
+_PACKAGES = {
     "onnxruntime": "edgeres.backends.onnxruntime",
     "tvm": "edgeres.backends.tvm",
     "tensorrt": "edgeres.backends.tensorrt",
 }
-_EXTRAS = {"onnxruntime": "edgeres", "tvm": "edgeres[tvm]", "tensorrt": "edgeres[tensorrt]"}
+NAMES = tuple(_PACKAGES)
 
 
-def list_backends() -> list[str]:
-    return list(_MODULES)
+def get_backend(name: str, *, require: bool = True) -> Backend:
+    """Backend ``name``; BackendUnavailable (with the pip extra) if ``require`` and it cannot run here."""
+    if name not in _PACKAGES:
+        raise UsageError(f"unknown backend {name!r}; choose one of {list(_PACKAGES)}")
+    backend: Backend = importlib.import_module(_PACKAGES[name]).BACKEND
+    if require:
+        backend.require()
+    return backend
 
 
-def get_backend(name: str, *, require: bool = True) -> ModuleType:
-    """Import backend ``name``; raise BackendUnavailable (with the pip extra) if it cannot run here."""
-    if name not in _MODULES:
-        raise UsageError(f"unknown backend {name!r}; choose one of {list(_MODULES)}")
-    mod = importlib.import_module(_MODULES[name])
-    if require and not mod.available():
-        raise BackendUnavailable(
-            f"the {name} backend is not available here ({mod.unavailable_reason()}); "
-            f"install it with: pip install '{_EXTRAS[name]}'"
-        )
-    return mod
+def reference_runner(onnx_path: str | os.PathLike | bytes, threads: int | None = None) -> Runner:
+    """The reference every artifact is compared with: ONNX Runtime on an ONNX file."""
+    from edgeres.backends.onnxruntime import make_runner
+
+    return make_runner(onnx_path if isinstance(onnx_path, (bytes, bytearray)) else Path(onnx_path), threads)

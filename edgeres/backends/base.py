@@ -1,12 +1,22 @@
-"""What every backend returns: an Artifact record and a Runner."""
+"""The declared backend interface: :class:`Backend`, what it returns (:class:`Artifact`, a
+:class:`Runner`) and what it can do (:class:`Capabilities`).
+
+The pipeline talks to every backend through :class:`Backend` only: it asks what a backend
+can do and never which backend it is. Each backend package builds one instance
+(``BACKEND``) that :func:`edgeres.backends.get_backend` returns.
+"""
 
 from __future__ import annotations
 
+import abc
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Mapping, Protocol
 
 import numpy as np
+
+from edgeres.errors import BackendUnavailable, UsageError
 
 
 @dataclass(frozen=True)
@@ -76,3 +86,98 @@ def run_in_chunks(fn, batch: np.ndarray, fixed_batch: int | None) -> np.ndarray:
             chunk = np.concatenate([chunk, pad])
         outs.append(fn(chunk)[:n])
     return np.concatenate(outs) if outs else np.zeros((0,), dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do beyond compile and load (declared, never probed)."""
+
+    precisions: tuple[str, ...]  # precisions compile() accepts
+    cross_compile: bool = False  # builds for CPU architectures other than this machine's
+    device_build: bool = False  # may hand the build to the device: a bundle then carries a recipe
+    cpp_example: bool = False  # writes a C++ example application into the bundle (cpp/)
+    tuning: bool = False  # a tuning database can speed up its artifacts (edgeres tune)
+
+
+class Backend(abc.ABC):
+    """One compiler/runtime. Subclasses set the class attributes and implement the abstract methods.
+
+    ``compile`` turns an ONNX file (FP32, or Q/DQ INT8 for ``precision="int8"``) into an
+    :class:`Artifact` under ``out_dir``; ``load`` turns an artifact into a :class:`Runner`.
+    """
+
+    name: ClassVar[str]
+    extra: ClassVar[str]  # the pip requirement that installs it, e.g. "edgeres[tvm]"
+    capabilities: ClassVar[Capabilities]
+
+    @abc.abstractmethod
+    def unavailable_reason(self) -> str:
+        """Empty when the backend can compile and run here, else why not (one line)."""
+
+    def available(self) -> bool:
+        return self.unavailable_reason() == ""
+
+    @abc.abstractmethod
+    def version(self) -> str | None:
+        """The installed compiler/runtime version, or None when it is not installed."""
+
+    @abc.abstractmethod
+    def compile(self, onnx_path: str | os.PathLike, target: Any, out_dir: str | os.PathLike, *, precision: str,
+                options: Mapping[str, Any] | None = None) -> Artifact:
+        """Compile ``onnx_path`` for ``target`` into ``out_dir``."""
+
+    @abc.abstractmethod
+    def load(self, artifact: Artifact | str | os.PathLike, target: Any = None) -> Runner:
+        """A Runner for a compiled artifact (an Artifact, its main file, or its directory)."""
+
+    def install_hint(self) -> str:
+        return f"pip install '{self.extra}'"
+
+    def require(self) -> None:
+        """Raise BackendUnavailable (with the install command) when the backend cannot run here."""
+        reason = self.unavailable_reason()
+        if reason:
+            raise BackendUnavailable(f"the {self.name} backend is not available here ({reason}); "
+                                     f"install it with: {self.install_hint()}")
+
+    def preflight(self, target: Any, precision: str, options: Mapping[str, Any] | None = None) -> None:
+        """Raise before any work starts when compiling for ``target`` cannot succeed here
+        (backend, toolchain or option missing). Default: the backend must be available unless
+        it can hand the build to the device."""
+        if not self.capabilities.device_build:
+            self.require()
+
+    def buildable_here(self, target: Any, options: Mapping[str, Any] | None = None, *,
+                       bundle: str = "BUNDLE") -> tuple[bool, str]:
+        """(True, "") when this machine can build the artifact for ``target``; else (False, why).
+        Only device-build backends answer False: the others fail in :meth:`preflight`."""
+        return True, ""
+
+    def check_deploy_model(self, onnx_path: Path, precision: str) -> dict[str, Any] | None:
+        """Check the model about to be deployed (e.g. Q/DQ rules); return a record for the manifest."""
+        return None
+
+    def build_recipe(self, target: Any, precision: str, onnx_name: str, *, input_chw: tuple[int, ...],
+                     options: Mapping[str, Any] | None = None, bundle: str = "BUNDLE") -> dict[str, Any]:
+        """How to build the artifact on the device (device-build backends only)."""
+        raise NotImplementedError(f"the {self.name} backend does not build on the device")
+
+    def write_app_example(self, bundle_dir: Path) -> None:
+        """Write the example application into the bundle (backends with ``cpp_example``)."""
+
+
+def check_precision(counts: Mapping[str, int], precision: str, name: str, target: Any) -> None:
+    """UsageError when ``precision`` does not fit the model (Q/DQ nodes present or not) or the target."""
+    allowed = tuple(getattr(target, "precisions", ("fp32", "int8")))
+    if precision not in allowed:
+        raise UsageError(f"target {getattr(target, 'name', '?')!r} supports precisions {list(allowed)}, "
+                         f"not {precision!r}; pick one of those")
+    from edgeres.onnx_io import num_qdq
+
+    n_qdq = num_qdq(counts)
+    if precision == "int8" and n_qdq == 0:
+        raise UsageError(f"{name} has no QuantizeLinear/DequantizeLinear nodes, so it cannot be compiled as int8; "
+                         "quantize it first (edgeres quantize) or use precision fp32")
+    if precision == "fp32" and n_qdq:
+        raise UsageError(f"{name} is a quantized (Q/DQ) model but precision fp32 was asked for; "
+                         "pass the FP32 ONNX model, or precision int8")

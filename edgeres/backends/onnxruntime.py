@@ -31,7 +31,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from edgeres.backends.base import Artifact, run_in_chunks
+from edgeres.backends.base import Artifact, Backend, Capabilities, check_precision, run_in_chunks
 from edgeres.errors import InputError, UsageError
 from edgeres.fileio import atomic_path, write_json
 
@@ -46,7 +46,6 @@ OPTION_KEYS = ("providers", "graph_optimization_level", "saved_optimization_leve
 # Ops that mean ONNX Runtime runs integer kernels (after its Q/DQ fusions).
 INT8_OPS = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "MatMulIntegerToFloat",
             "QGemm", "QLinearAdd", "QLinearGlobalAveragePool", "DynamicQuantizeMatMul")
-QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
 
 # -- availability ---------------------------------------------------------------------
@@ -210,27 +209,9 @@ def _options(target: Any, options: Mapping[str, Any] | None) -> dict[str, Any]:
 
 def count_ops(onnx_path: str | os.PathLike) -> dict[str, int]:
     """Node count per op type of an ONNX file (main graph)."""
-    import onnx
+    from edgeres.onnx_io import load_model, op_counts
 
-    counts: dict[str, int] = {}
-    for node in onnx.load(str(onnx_path), load_external_data=False).graph.node:
-        counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return counts
-
-
-def check_precision(counts: Mapping[str, int], precision: str, name: str, target: Any) -> None:
-    """UsageError when ``precision`` does not fit the model (Q/DQ nodes present or not) or the target."""
-    allowed = tuple(getattr(target, "precisions", ("fp32", "int8")))
-    if precision not in allowed:
-        raise UsageError(f"target {getattr(target, 'name', '?')!r} supports precisions {list(allowed)}, "
-                         f"not {precision!r}; pick one of those")
-    n_qdq = sum(counts.get(op, 0) for op in QDQ_OPS)
-    if precision == "int8" and n_qdq == 0:
-        raise UsageError(f"{name} has no QuantizeLinear/DequantizeLinear nodes, so it cannot be compiled as int8; "
-                         "quantize it first (edgeres quantize) or use precision fp32")
-    if precision == "fp32" and n_qdq:
-        raise UsageError(f"{name} is a quantized (Q/DQ) model but precision fp32 was asked for; "
-                         "pass the FP32 ONNX model, or precision int8")
+    return op_counts(load_model(onnx_path, external_data=False))
 
 
 def compile(onnx_path: str | os.PathLike, target: Any, out_dir: str | os.PathLike, *, precision: str,
@@ -321,3 +302,31 @@ def load(artifact_or_path: Artifact | str | os.PathLike, target: Any = None, *,
     sess = session(path, threads if threads is not None else opts["threads"], providers=opts["providers"],
                    optimization_level=opts["graph_optimization_level"])
     return OrtRunner(sess, path.name)
+
+
+class OnnxRuntimeBackend(Backend):
+    """ONNX Runtime: the deployed model is the (basic-optimized) ONNX file itself."""
+
+    name = NAME
+    extra = "edgeres"
+    capabilities = Capabilities(precisions=("fp32", "int8"))
+
+    def unavailable_reason(self) -> str:
+        return unavailable_reason()
+
+    def version(self) -> str | None:
+        return version()
+
+    def compile(self, onnx_path: str | os.PathLike, target: Any, out_dir: str | os.PathLike, *, precision: str,
+                options: Mapping[str, Any] | None = None) -> Artifact:
+        return compile(onnx_path, target, out_dir, precision=precision, options=options)
+
+    def load(self, artifact: Artifact | str | os.PathLike, target: Any = None) -> OrtRunner:
+        return load(artifact, target)
+
+    def preflight(self, target: Any, precision: str, options: Mapping[str, Any] | None = None) -> None:
+        self.require()
+        _options(target, options)
+
+
+BACKEND = OnnxRuntimeBackend()

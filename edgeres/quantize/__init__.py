@@ -72,22 +72,9 @@ def load_onnx(path: Path):
 
 def _load(path: Path) -> tuple["onnx.ModelProto", list[Path]]:
     """The checked model (external data loaded) and the external data files it uses."""
-    import onnx
+    from edgeres.onnx_io import load_with_data_files
 
-    if not path.is_file():
-        raise InputError(f"ONNX model {path} does not exist; export one first (edgeres export)")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-        locations = {
-            e.value for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
-            for e in t.external_data if e.key == "location"
-        }
-        onnx.load_external_data_for_model(model, str(path.parent))
-        onnx.checker.check_model(model)
-    except Exception as e:  # onnx raises DecodeError, ValidationError, OSError ...
-        why = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise InputError(f"cannot read ONNX model {path} ({why}); re-export it") from e
-    return model, sorted(path.parent / loc for loc in locations)
+    return load_with_data_files(path, check=True)
 
 
 def _digest(path: Path, external: list[Path]) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeres.backends import tvm_cross
+from edgeres.backends.tvm import cross as tvm_cross
 from edgeres.errors import InputError
 
 tvm = pytest.importorskip("tvm", reason="TVM is not installed: pip install 'edgeres[tvm]'")
@@ -44,7 +44,7 @@ def model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def runner(model) -> Path:
-    from edgeres.cpp_runner import build_cpp_runner, missing_requirements, write_cpp_runner
+    from edgeres.backends.tvm.cpp_runner import build_cpp_runner, missing_requirements, write_cpp_runner
 
     reason = missing_requirements("host")
     if reason:
@@ -56,7 +56,7 @@ def runner(model) -> Path:
 
 
 def test_write_cpp_runner_copies_the_template(tmp_path):
-    from edgeres.cpp_runner import TEMPLATE_DIR, TEMPLATE_FILES, write_cpp_runner
+    from edgeres.backends.tvm.cpp_runner import TEMPLATE_DIR, TEMPLATE_FILES, write_cpp_runner
 
     out = write_cpp_runner(tmp_path / "artifact")
     assert out == tmp_path / "artifact" / "cpp"
@@ -66,7 +66,7 @@ def test_write_cpp_runner_copies_the_template(tmp_path):
 
 
 def test_native_runner_matches_python_runtime(model, runner):
-    from edgeres.cpp_runner import run_cpp_runner
+    from edgeres.backends.tvm.cpp_runner import run_cpp_runner
 
     x = np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32)
     ref = model["python"](x)
@@ -84,7 +84,7 @@ def test_native_runner_matches_python_runtime(model, runner):
 
 
 def test_runner_explicit_labels_and_topk(model, runner, tmp_path):
-    from edgeres.cpp_runner import run_cpp_runner
+    from edgeres.backends.tvm.cpp_runner import run_cpp_runner
 
     labels = tmp_path / "names.txt"
     labels.write_text("".join(f"n{i}\r\n" for i in range(10)))  # CRLF tolerated
@@ -96,7 +96,7 @@ def test_runner_explicit_labels_and_topk(model, runner, tmp_path):
 
 
 def test_runner_rejects_wrong_shape_and_non_tvm_library(model, runner, tmp_path):
-    from edgeres.cpp_runner import run_cpp_runner
+    from edgeres.backends.tvm.cpp_runner import run_cpp_runner
 
     with pytest.raises(InputError, match="does not fit the model"):
         run_cpp_runner(runner, model["so"], np.zeros((2, 3, 16, 16), np.float32))
@@ -109,7 +109,7 @@ def test_runner_rejects_wrong_shape_and_non_tvm_library(model, runner, tmp_path)
 
 
 def test_build_reports_missing_sources(tmp_path):
-    from edgeres.cpp_runner import build_cpp_runner
+    from edgeres.backends.tvm.cpp_runner import build_cpp_runner
 
     with pytest.raises(InputError, match="write_cpp_runner"):
         build_cpp_runner(tmp_path)

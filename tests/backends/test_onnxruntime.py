@@ -129,7 +129,7 @@ def test_bad_options(tiny_onnx, tmp_path, options, pattern):
 def test_backend_unavailable(monkeypatch):
     from edgeres.backends import get_backend
 
-    assert ortb.available() and get_backend("onnxruntime") is ortb
+    assert ortb.available() and get_backend("onnxruntime") is ortb.BACKEND
     monkeypatch.setattr(ortb, "unavailable_reason", lambda: "onnxruntime does not import (ImportError: x)")
     with pytest.raises(BackendUnavailable, match="onnxruntime backend is not available here"):
         get_backend("onnxruntime")

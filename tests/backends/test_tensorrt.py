@@ -24,9 +24,9 @@ import pytest
 
 from edgeres.backends import get_backend
 from edgeres.backends import tensorrt as trt_backend
-from edgeres.backends.tensorrt_build import (api_family, build_engine, configure, network_flags, onnx_summary,
+from edgeres.backends.tensorrt.builder import (api_family, build_engine, configure, network_flags, onnx_summary,
                                              require_python_api)
-from edgeres.backends.tensorrt_options import resolve_options
+from edgeres.backends.tensorrt.options import resolve_options
 from edgeres.errors import BackendUnavailable, CompileError, UsageError
 from edgeres.targets import get_target, parse_target
 
@@ -230,8 +230,8 @@ def test_compile_writes_engine_sidecar_and_fp16_onnx(onnx_models, tmp_path, monk
 
     trt = As11("tensorrt")
     trt.__version__ = "11.4.0"
-    monkeypatch.setattr(trt_backend, "import_tensorrt", lambda: (trt, ""))
-    monkeypatch.setattr(trt_backend, "check_buildable_here", lambda target, options=None: (True, "test"))
+    monkeypatch.setattr(trt_backend.backend, "import_tensorrt", lambda: (trt, ""))
+    monkeypatch.setattr(trt_backend.backend, "check_buildable_here", lambda target, options=None: (True, "test"))
     art = trt_backend.compile(onnx_models["fp32"], get_target("rtx-ada"), tmp_path, precision="fp16",
                               options={"batch": {"min": 1, "opt": 2, "max": 4}})
     assert art.files == ("model.engine", "engine.json", "fp32_fp16.onnx")
@@ -282,7 +282,7 @@ def test_compile_checks_precision_before_anything(onnx_models, tmp_path):
 
 
 def test_onnx_must_match_the_precision(onnx_models):
-    check = trt_backend._check_onnx_for_precision
+    check = trt_backend.backend._check_onnx_for_precision
     with pytest.raises(UsageError, match="no Q/DQ nodes"):
         check(onnx_models["fp32"], "int8", "weakly-typed")
     with pytest.raises(CompileError, match=r"\[int32-bias\]"):
@@ -331,12 +331,12 @@ def test_wheel_carries_the_cpp_template(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     names = zipfile.ZipFile(next((tmp_path / "dist").glob("edgeres-*.whl"))).namelist()
     for f in ("main.cpp", "CMakeLists.txt", "README.md"):
-        assert f"edgeres/templates/tensorrt_cpp/{f}" in names
+        assert f"edgeres/backends/tensorrt/cpp_template/{f}" in names
 
 
 # ---------------------------------------------------------------- needs an NVIDIA GPU + TensorRT
 def _gpu_target():
-    from edgeres.backends.tensorrt_cuda import gpu_info
+    from edgeres.backends.tensorrt.cuda import gpu_info
 
     cc = gpu_info()["compute_capability"]
     return parse_target({"name": "this-gpu", "backend": "tensorrt", "precisions": ["int8", "fp16", "fp32"],

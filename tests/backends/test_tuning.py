@@ -1,4 +1,4 @@
-"""MetaSchedule tuning database (edgeres.tuning): a real tuning run on a tiny 2-conv net.
+"""MetaSchedule tuning database (edgeres.backends.tvm.tuning): a real tuning run on a tiny 2-conv net.
 
 One module-scoped tuning run (5 tasks, 4 trials each) is shared by the tests; the second
 run, the twin model (same shapes, other weights) and the compile reuse its database.
@@ -19,9 +19,10 @@ from edgeres.targets import get_target
 tvm = pytest.importorskip("tvm", reason="TVM is not installed: pip install 'edgeres[tvm]'")
 torch = pytest.importorskip("torch")
 pytest.importorskip("xgboost", reason="MetaSchedule's cost model needs xgboost: pip install xgboost-cpu")
-from edgeres import tuning  # noqa: E402
+from edgeres.backends.tvm import tuning  # noqa: E402
 from edgeres.backends import onnxruntime as ortb  # noqa: E402
 from edgeres.backends import tvm as tb  # noqa: E402
+from edgeres.backends.tvm import options as tt  # noqa: E402
 
 HW = 32
 
@@ -69,7 +70,7 @@ def test_first_run_tunes_every_task_and_writes_the_database(tuned):
     res, db, lines = tuned
     assert res.tasks_found == 5 and res.tasks_skipped == 0 and res.tasks_tuned == 5
     assert 15 <= res.trials <= 20 and res.failed_trials < res.trials  # a tiny task may offer fewer candidates
-    for name in tuning.DB_FILES:
+    for name in tt.TUNING_DB_FILES:
         assert (db / name).is_file()
     workloads = (db / "database_workload.json").read_text().splitlines()
     records = (db / "database_tuning_record.json").read_text().splitlines()
@@ -101,7 +102,7 @@ def test_compile_applies_the_records_and_matches_onnxruntime(tuned, nets, tmp_pa
     _, db, _ = tuned
     target = get_target("x86-64-host")
     mod, tvm_target = tb.tuning_module(nets[1], target)
-    _, applied = tuning.apply_database(mod, tvm_target, db)
+    _, applied = tb.apply_schedules(mod, tvm_target, tt.parse_options(target, {"tuning_db": str(db)}))
     assert applied == 5
     art = tb.compile(nets[1], target, tmp_path / "art", precision="fp32", options={"tuning_db": str(db)})
     assert art.info["tuned_functions"] == 5

@@ -19,6 +19,7 @@ from edgeres.targets import get_target, parse_target
 tvm = pytest.importorskip("tvm", reason="TVM is not installed: pip install 'edgeres[tvm]'")
 from edgeres.backends import onnxruntime as ortb  # noqa: E402
 from edgeres.backends import tvm as tb  # noqa: E402
+from edgeres.backends.tvm import options as tt  # noqa: E402
 
 
 def _assert_logits_close(got: np.ndarray, ref: np.ndarray, rel: float = 1e-4) -> None:
@@ -59,7 +60,7 @@ def one_record_db(tiny_onnx, tmp_path_factory) -> Path:
     for the workloads :func:`tb.tuning_module` reports (what a tuning run would write)."""
     from tvm.s_tir import meta_schedule as ms
 
-    from edgeres.backends import tvm_schedule
+    from edgeres.backends.tvm import schedule as tvm_schedule
 
     mod, tvm_target = tb.tuning_module(tiny_onnx, _batch2_target(), {"layout": "NHWC"})
     task = next(t for t in ms.relax_integration.extract_tasks(mod, tvm_target) if "conv2d" in t.task_name)
@@ -121,9 +122,9 @@ def test_qdq_model_compiles_and_matches_onnxruntime_on_the_same_model(host_int8,
     assert host_int8.precision == "int8"
     # ONNX Runtime's quantizer writes 8-bit weights: on CPUs whose integer kernel is vpmaddubsw
     # (AVX2, no VNNI) the TVM backend keeps them on float kernels and says why.
-    from edgeres.backends.tvm_int8 import SATURATING, int8_kind
+    from edgeres.backends.tvm.int8 import SATURATING, int8_kind
 
-    kind = int8_kind(tb.tt.make_target(host_int8.info["tvm_target"]))
+    kind = int8_kind(tt.make_target(host_int8.info["tvm_target"]))
     if kind is None or kind in SATURATING:
         assert host_int8.info["int8_kernels"] is False and "float kernels" in host_int8.info["int8_note"]
     else:
@@ -197,7 +198,7 @@ def test_threads_option_sizes_the_pool(host_fp32, make_images):
 
 
 def test_corrupt_onnx_is_an_input_error(corrupt_onnx, tmp_path):
-    with pytest.raises(InputError, match=r"broken.onnx is not a valid ONNX model: .*; re-export it"):
+    with pytest.raises(InputError, match=r"broken.onnx is not a valid ONNX model \(.*\); re-export it"):
         tb.compile(corrupt_onnx, get_target("x86-64"), tmp_path / "out", precision="fp32")
     assert not (tmp_path / "out" / "model.so").exists()
 
@@ -229,8 +230,10 @@ def test_bad_options_are_rejected(tiny_onnx, tmp_path, options, error, pattern):
 def test_backend_unavailable(monkeypatch, tiny_onnx, tmp_path):
     from edgeres.backends import get_backend
 
-    monkeypatch.setattr(tb, "unavailable_reason", lambda: "apache-tvm does not import (ImportError: nope)")
-    assert tb.available() is False
+    from edgeres.backends.tvm import runner
+
+    monkeypatch.setattr(runner, "unavailable_reason", lambda: "apache-tvm does not import (ImportError: nope)")
+    assert tb.available() is False and tb.BACKEND.available() is False
     with pytest.raises(BackendUnavailable, match=r"tvm backend is not available here .*pip install 'edgeres\[tvm\]'"):
         get_backend("tvm")
     with pytest.raises(BackendUnavailable, match=r"pip install 'edgeres\[tvm\]'"):
@@ -238,7 +241,7 @@ def test_backend_unavailable(monkeypatch, tiny_onnx, tmp_path):
 
 
 def test_cross_target_without_toolchain_fails_fast(monkeypatch, tiny_onnx, tmp_path):
-    from edgeres.backends import tvm_cross
+    from edgeres.backends.tvm import cross as tvm_cross
 
     monkeypatch.setattr(tvm_cross, "find_cross_cxx", lambda arch="aarch64": None)
     with pytest.raises(BackendUnavailable, match="aarch64 cross compiler"):
@@ -249,7 +252,7 @@ def test_cross_target_without_toolchain_fails_fast(monkeypatch, tiny_onnx, tmp_p
 def test_native_mcpu_cannot_cross_compile(tiny_onnx, tmp_path):
     rec = {"name": "arm-native", "backend": "tvm", "arch": "aarch64", "precisions": ["fp32"],
            "tvm": {"target": {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "native"}}}
-    from edgeres.backends import tvm_cross
+    from edgeres.backends.tvm import cross as tvm_cross
 
     if tvm_cross.find_cross_cxx("aarch64") is None:
         pytest.skip("aarch64 toolchain absent (the toolchain check comes first)")

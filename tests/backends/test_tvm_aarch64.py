@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeres.backends import tvm_cross
+from edgeres.backends.tvm import cross as tvm_cross
 from edgeres.errors import BackendUnavailable, CompileError, UsageError
 from edgeres.targets import get_target, parse_target
 
@@ -33,7 +33,7 @@ def _require_cross() -> None:
 
 def _require_qemu_runtime() -> None:
     _require_cross()
-    from edgeres.cpp_runner import missing_requirements
+    from edgeres.backends.tvm.cpp_runner import missing_requirements
 
     reason = missing_requirements("aarch64")
     if reason:
@@ -116,7 +116,7 @@ def runner_cache(tmp_path_factory) -> Path:
 def arm_runner(runner_cache) -> Path:
     """The bundle's C++ runner, cross-built for aarch64 against the aarch64 TVM runtime."""
     _require_qemu_runtime()
-    from edgeres.cpp_runner import cached_runner
+    from edgeres.backends.tvm.cpp_runner import cached_runner
 
     t0 = time.perf_counter()
     exe = cached_runner("aarch64", cache_dir=runner_cache)
@@ -164,7 +164,7 @@ def test_missing_cross_compiler_says_how_to_install(monkeypatch):
 
 
 def test_missing_aarch64_runtime_says_run_setup(monkeypatch, tmp_path):
-    from edgeres.cpp_runner import build_cpp_runner, write_cpp_runner
+    from edgeres.backends.tvm.cpp_runner import build_cpp_runner, write_cpp_runner
 
     monkeypatch.setenv(tvm_cross.RUNTIME_ENV, str(tmp_path / "empty"))
     src = write_cpp_runner(tmp_path)
@@ -187,7 +187,7 @@ def test_rpi4_library_is_aarch64(rpi4_so, host_so):
 
 
 def test_rpi4_under_qemu_matches_host(r20, rpi4_so, host_so, arm_runner):
-    from edgeres.cpp_runner import run_cpp_runner
+    from edgeres.backends.tvm.cpp_runner import run_cpp_runner
 
     ref = _host_logits(host_so, r20["x"])
     t0 = time.perf_counter()
@@ -201,7 +201,7 @@ def test_rpi4_under_qemu_matches_host(r20, rpi4_so, host_so, arm_runner):
 
 def test_emulated_runner_validates_a_batch(r20, rpi4_so, host_so, arm_runner, runner_cache):
     """The Runner a backend can return for an ARM artifact: 3 samples through a batch-1 library."""
-    from edgeres.cpp_runner import emulated_runner
+    from edgeres.backends.tvm.cpp_runner import emulated_runner
 
     run = emulated_runner(rpi4_so, SHAPE, cache_dir=runner_cache)
     assert run.exe == arm_runner
@@ -225,7 +225,7 @@ def test_other_arm_targets_run_under_qemu(name, tmp_path, arm_runner):
     x = np.random.default_rng(2).standard_normal(shape).astype(np.float32)
     with torch.no_grad():
         ref = net(torch.from_numpy(x)).numpy()
-    from edgeres.cpp_runner import run_cpp_runner
+    from edgeres.backends.tvm.cpp_runner import run_cpp_runner
 
     _assert_close(run_cpp_runner(arm_runner, so, x).logits, ref)
 
@@ -238,6 +238,6 @@ def test_backend_compile_for_rpi4_runs_under_qemu(r20, host_so, arm_runner, tmp_
         pytest.skip("edgeres.backends.tvm is not present yet")
     art = tvm_backend.compile(r20["onnx"], get_target("rpi4"), tmp_path / "artifact", precision="fp32")
     assert tvm_cross.elf_arch(art.path) == "aarch64"
-    from edgeres.cpp_runner import run_cpp_runner
+    from edgeres.backends.tvm.cpp_runner import run_cpp_runner
 
     _assert_close(run_cpp_runner(arm_runner, art.path, r20["x"]).logits, _host_logits(host_so, r20["x"]))

@@ -1,4 +1,4 @@
-"""edgeres' packed-weight NHWC convolution for TVM (edgeres.backends.tvm_conv), layer by layer.
+"""edgeres' packed-weight NHWC convolution for TVM (edgeres.backends.tvm.conv), layer by layer.
 
 Each case builds a one-convolution Relax module (NCHW, as the ONNX importer emits it, with
 a bias, ReLU and optionally a residual add), compiles it exactly as the TVM backend does
@@ -17,8 +17,9 @@ tvm = pytest.importorskip("tvm", reason="TVM is not installed: pip install 'edge
 torch = pytest.importorskip("torch")
 
 from edgeres.backends import tvm as tb  # noqa: E402
-from edgeres.backends import tvm_conv  # noqa: E402
-from edgeres.backends import tvm_target as tt  # noqa: E402
+from edgeres.backends.tvm import conv as tvm_conv  # noqa: E402
+from edgeres.backends.tvm.primitives import MAX_PIXEL_WASTE  # noqa: E402
+from edgeres.backends.tvm import options as tt  # noqa: E402
 from edgeres.targets import get_target  # noqa: E402
 
 
@@ -123,4 +124,4 @@ def test_sse_target_uses_a_narrower_register_tile():
 def test_pixel_tile_wastes_little(pixels, tile):
     assert tvm_conv.pixel_tile(pixels) == tile
     padded = -(-pixels // tile) * tile
-    assert padded - pixels <= tvm_conv.MAX_PIXEL_WASTE * pixels or tile == 1
+    assert padded - pixels <= MAX_PIXEL_WASTE * pixels or tile == 1

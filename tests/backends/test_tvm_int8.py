@@ -1,4 +1,4 @@
-"""Integer INT8 convolutions for TVM (edgeres.backends.tvm_int8): layer by layer, then whole models.
+"""Integer INT8 convolutions for TVM (edgeres.backends.tvm.int8): layer by layer, then whole models.
 
 Each layer case builds a one-convolution Relax module as the ONNX importer emits a Q/DQ model
 (quantize -> dequantize on the activation, dequantize of int8 per-channel weights, bias, ReLU),
@@ -14,8 +14,8 @@ import pytest
 tvm = pytest.importorskip("tvm", reason="TVM is not installed: pip install 'edgeres[tvm]'")
 
 from edgeres.backends import tvm as tb  # noqa: E402
-from edgeres.backends import tvm_int8  # noqa: E402
-from edgeres.backends import tvm_target as tt  # noqa: E402
+from edgeres.backends.tvm import int8 as tvm_int8  # noqa: E402
+from edgeres.backends.tvm import options as tt  # noqa: E402
 from edgeres.targets import get_target  # noqa: E402
 
 
@@ -171,8 +171,8 @@ def test_int8_option_is_validated():
 @pytest.fixture(scope="module")
 def arm_runner(tmp_path_factory):
     """The C++ runner cross-built for aarch64 (runs under qemu)."""
-    from edgeres.backends import tvm_cross
-    from edgeres.cpp_runner import cached_runner, missing_requirements
+    from edgeres.backends.tvm import cross as tvm_cross
+    from edgeres.backends.tvm.cpp_runner import cached_runner, missing_requirements
 
     if tvm_cross.host_arch() != "x86_64" or tvm_cross.find_cross_cxx("aarch64") is None:
         pytest.skip("aarch64 toolchain absent: run tools/setup-aarch64.sh")
@@ -185,8 +185,8 @@ def arm_runner(tmp_path_factory):
 def test_rpi5_sdot_kernel_runs_under_qemu(tmp_path, arm_runner):
     """AArch64 dot product (cortex-a76 +dotprod): int8 x int8 after the kernel's -128 shift, checked
     under qemu against the exact reference (zero point 9, stride 2, 8-bit weights)."""
-    from edgeres.backends import tvm_cross
-    from edgeres.cpp_runner import run_cpp_runner
+    from edgeres.backends.tvm import cross as tvm_cross
+    from edgeres.backends.tvm.cpp_runner import run_cpp_runner
 
     target = get_target("rpi5")
     opts = tt.parse_options(target, None)
@@ -203,7 +203,7 @@ def test_rpi5_sdot_kernel_runs_under_qemu(tmp_path, arm_runner):
 def test_rpi5_int8_resnet20_under_qemu_matches_the_host(r20_untrained_qdq, make_images, tmp_path, arm_runner):
     """The backend's INT8 compile for rpi5 (every convolution on sdot, 8-bit weights from ONNX
     Runtime's quantizer) against the host's fake-quantized float compile of the same model."""
-    from edgeres.cpp_runner import run_cpp_runner
+    from edgeres.backends.tvm.cpp_runner import run_cpp_runner
 
     art = tb.compile(r20_untrained_qdq, get_target("rpi5"), tmp_path / "rpi5", precision="int8")
     assert art.info["conv_kernels"]["packed_int8"] == 19 and "(sdot)" in art.info["int8_note"]

@@ -1,4 +1,4 @@
-"""Activation Q/DQ pairs rewritten into layout-transparent elementwise ops (edgeres.backends.tvm_qdq)."""
+"""Activation Q/DQ pairs rewritten into layout-transparent elementwise ops (edgeres.backends.tvm.qdq)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ tvm = pytest.importorskip("tvm", reason="TVM is not installed: pip install 'edge
 from tvm import relax  # noqa: E402
 
 from edgeres.backends import tvm as tb  # noqa: E402
-from edgeres.backends.tvm_qdq import fold_activation_qdq  # noqa: E402
+from edgeres.backends.tvm.qdq import fold_activation_qdq  # noqa: E402
 
 
 def _qdq_module(dtype: str, scale: float, zp: int, per_channel: bool = False):
@@ -70,7 +70,7 @@ def test_per_channel_pair_is_left_alone():
 
 
 def test_qdq_resnet_lowers_without_layout_transposes(r20_untrained_qdq):
-    from edgeres.backends import tvm_target as tt
+    from edgeres.backends.tvm import options as tt
     from edgeres.targets import get_target
 
     opts = tt.parse_options(get_target("x86-64-host"), None)

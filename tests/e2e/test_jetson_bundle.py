@@ -65,7 +65,7 @@ def test_tensorrt_form_is_symmetric_int8_without_bias_dq(jetson_bundle):
 
 def test_build_engine_here_says_where_to_build(jetson_bundle, cli):
     out, _ = jetson_bundle
-    from edgeres.engine_build import build_engine
+    from edgeres.backends.tensorrt.device_build import build_engine
 
     with pytest.raises(BackendUnavailable, match="cannot build the engine here"):
         build_engine(out)
@@ -74,7 +74,7 @@ def test_build_engine_here_says_where_to_build(jetson_bundle, cli):
 
 
 def test_build_engine_refuses_a_tvm_bundle(trained_r20, tmp_path):
-    from edgeres.engine_build import build_engine
+    from edgeres.backends.tensorrt.device_build import build_engine
     from edgeres.pipeline import compile_bundle
 
     out = tmp_path / "ort"

@@ -9,8 +9,8 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from edgeres import conformance
-from edgeres.conformance import check_qdq, format_report
+from edgeres.backends.tensorrt import conformance
+from edgeres.backends.tensorrt.conformance import check_qdq, format_report
 from edgeres.errors import BackendUnavailable, InputError
 
 HAVE_RTX = importlib.util.find_spec("tensorrt_rtx") is not None
@@ -228,7 +228,7 @@ def test_unreadable_input_is_a_clear_error(tmp_path):
         check_qdq(tmp_path / "missing.onnx")
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not an onnx model at all")
-    with pytest.raises(InputError, match="not a readable ONNX model"):
+    with pytest.raises(InputError, match="not a valid ONNX model"):
         check_qdq(junk)
 
 

@@ -345,7 +345,7 @@ def test_bad_options(fp32, tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         q(tmp_path / "missing.onnx", tmp_path / "a.onnx")
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
-    with pytest.raises(InputError, match="cannot read ONNX model"):
+    with pytest.raises(InputError, match="not a valid ONNX model"):
         q(tmp_path / "junk.onnx", tmp_path / "a.onnx")
 
 

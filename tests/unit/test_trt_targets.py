@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from edgeres.backends.tensorrt_options import parse_version, resolve_options, version_in_range
-from edgeres.backends.tensorrt_recipe import TRTEXEC_JETSON, build_recipe, fp16_onnx_name
+from edgeres.backends.tensorrt.options import parse_version, resolve_options, version_in_range
+from edgeres.backends.tensorrt.recipe import TRTEXEC_JETSON, build_recipe, fp16_onnx_name
 from edgeres.errors import InputError, UsageError
 from edgeres.targets import get_target, list_targets, parse_target
 

@@ -12,7 +12,7 @@ run keeps them, and the next run continues with the tasks that did not finish.
 Because workloads are keyed by structure, one tuned ResNet-50 serves every ResNet-50
 checkpoint (weights are not part of a workload) and shares most tasks with
 ResNet-101/152. ``compile`` applies a database with the TVM option ``tuning_db``
-(``backend_options={"tuning_db": db_dir}``), or :func:`apply_database` here.
+(``backend_options={"tuning_db": db_dir}``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from edgeres.errors import UsageError
 
 STATE_FILE = "edgeres_tuning.json"
 STATE_FORMAT = "edgeres-tuning/1"
-DB_FILES = ("database_workload.json", "database_tuning_record.json")
 # Target keys that decide whether a schedule carries over (num-cores is added for tuning).
 _TARGET_KEYS = ("kind", "mtriple", "mcpu", "mattr")
 
@@ -70,19 +69,6 @@ def parse_duration(text: str) -> float:
     if total <= 0:
         raise UsageError(f"the duration {text!r} is zero; give a positive time budget such as 30m")
     return total
-
-
-def resolve_db_dir(path: str | os.PathLike) -> Path:
-    """A database path as written in a target file: absolute, relative to the working
-    directory, or else relative to the edgeres repository / package (``tuning/...``)."""
-    p = Path(path).expanduser()
-    if p.is_absolute() or p.exists():
-        return p
-    pkg = Path(__file__).resolve().parent
-    for base in (pkg.parent, pkg):
-        if (base / p).exists():
-            return base / p
-    return p
 
 
 def tuning_target_dict(target_dict: Mapping[str, Any]) -> dict[str, Any]:
@@ -206,7 +192,7 @@ def _tune_module(mod: Any, compile_target: Any, db_path: Path, target_name: str,
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
-    from edgeres import tuning_ms
+    from edgeres.backends.tvm import metaschedule as tuning_ms
 
     target_dict = json.loads(str(compile_target))  # str(Target) is its JSON form
     triple = str(target_dict.get("mtriple", ""))
@@ -332,19 +318,3 @@ class _Bar:
     def __exit__(self, *exc: Any) -> None:
         if self._p is not None:
             self._p.__exit__(*exc)
-
-
-def apply_database(mod: Any, target: Any, db_dir: str | os.PathLike) -> tuple[Any, int]:
-    """Apply the records of ``db_dir`` to a lowered Relax module (what compile does with
-    ``tuning_db``); return the module and how many TIR functions the database scheduled."""
-    from tvm import relax, tirx
-    from tvm.s_tir import meta_schedule as ms
-
-    from edgeres.backends.tvm_target import check_tuning_db
-
-    path = check_tuning_db(resolve_db_dir(db_dir))
-    with target, ms.database.JSONDatabase(work_dir=str(path), allow_missing=False):
-        mod = relax.transform.MetaScheduleApplyDatabase()(mod)
-    tuned = sum(1 for _, f in mod.functions_items()
-                if isinstance(f, tirx.PrimFunc) and f.attrs is not None and "tirx.is_scheduled" in f.attrs)
-    return mod, tuned

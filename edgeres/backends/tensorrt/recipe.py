@@ -13,7 +13,7 @@ import sys
 from pathlib import PurePosixPath
 from typing import Any, Mapping
 
-from edgeres.backends.tensorrt_options import TrtOptions, parse_version, resolve_options, version_in_range
+from edgeres.backends.tensorrt.options import TrtOptions, parse_version, resolve_options, version_in_range
 from edgeres.errors import UsageError
 
 # (first version, last version, api, workspace flag style)
@@ -175,7 +175,7 @@ def _where_to_build(target: Any, opts: TrtOptions, bundle: str) -> str:
 def check_buildable_here(target: Any, options: Mapping[str, Any] | None = None,
                          bundle: str = "BUNDLE") -> tuple[bool, str]:
     """Can this machine build ``target``'s engine now? ``(ok, one-line reason)``."""
-    from edgeres.backends.tensorrt_cuda import gpu_info
+    from edgeres.backends.tensorrt.cuda import gpu_info
 
     opts = resolve_options(target, options)
     where = _where_to_build(target, opts, bundle)

@@ -8,11 +8,11 @@ The table is passed through verbatim except for what edgeres adds on top:
 ``layout``      ``"NHWC"`` (default) or ``"NCHW"``: the layout TVM compiles the graph in
                 (the ONNX model stays NCHW at its input and output).
 ``conv``        ``"packed"`` (default): NHWC float32 convolutions use edgeres' packed-weight
-                kernel (:mod:`edgeres.backends.tvm_conv`); ``"topi"``: TVM's own
+                kernel (:mod:`edgeres.backends.tvm.conv`); ``"topi"``: TVM's own
                 convolution. Only applies with ``layout = "NHWC"``.
 ``int8``        ``"integer"`` (default): quantized convolutions of a Q/DQ model run as integer
                 kernels where the CPU has a dot-product instruction (AVX2/AVX-512/VNNI,
-                AArch64 dotprod; :mod:`edgeres.backends.tvm_int8`); ``"float"``: TVM's
+                AArch64 dotprod; :mod:`edgeres.backends.tvm.int8`); ``"float"``: TVM's
                 fake quantization (float kernels on dequantized weights).
 ``schedule``    ``"builtin"`` (default): edgeres' deterministic CPU schedule for every
                 operator a tuning database does not cover; ``"none"``: TVM's naive default
@@ -81,11 +81,7 @@ def parse_options(target: Any, options: Mapping[str, Any] | None = None) -> TvmO
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise UsageError(f"{where}: threads must be a positive integer, got {threads!r}")
     db = merged.get("tuning_db")
-    if db:
-        from edgeres.tuning import resolve_db_dir
-
-        db = resolve_db_dir(db)
-    db_path = check_tuning_db(db) if db else None
+    db_path = check_tuning_db(Path(str(db)).expanduser()) if db else None
     return TvmOptions(target=_thaw(tvm_target), layout=layout, conv=conv, int8=int8, schedule=schedule, tuning_db=db_path,
                       threads=threads)
 

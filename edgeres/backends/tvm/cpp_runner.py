@@ -1,6 +1,6 @@
 """The C++ runner that ships in every TVM bundle: copy it, build it, run it.
 
-The template (``edgeres/templates/tvm_cpp``: ``main.cc``, ``Makefile``, ``README.md``) is a
+The template (``edgeres/backends/tvm/cpp_template``: ``main.cc``, ``Makefile``, ``README.md``) is a
 small program that loads ``model.so`` with the TVM runtime (tvm-ffi C++ API, Relax VM), reads a
 raw float32 NCHW tensor and prints the top-k classes. It builds natively against the installed
 ``apache-tvm`` / ``apache-tvm-ffi`` wheels, or for aarch64 with the cross compiler and the
@@ -21,11 +21,11 @@ from typing import Sequence
 
 import numpy as np
 
-from edgeres.backends import tvm_cross
+from edgeres.backends.tvm import cross as tvm_cross
 from edgeres.errors import BackendUnavailable, CompileError, InputError
 from edgeres.fileio import atomic_dir
 
-TEMPLATE_DIR = Path(__file__).resolve().parent / "templates" / "tvm_cpp"
+TEMPLATE_DIR = Path(__file__).resolve().parent / "cpp_template"
 TEMPLATE_FILES = ("main.cc", "Makefile", "README.md")
 CPP_DIRNAME = "cpp"
 EXE_NAME = "edgeres_tvm_classify"

@@ -1,4 +1,4 @@
-"""MetaSchedule plumbing for :mod:`edgeres.tuning`: a fast builder, the runner, callbacks.
+"""MetaSchedule plumbing for :mod:`edgeres.backends.tvm.tuning`: a fast builder, the runner, callbacks.
 
 What made a trial slow here (2 shared cores), and what this module does instead:
 
@@ -164,7 +164,7 @@ def cost_model(trials_per_task: int) -> Any:
 
 
 def seed_builtin(tasks: list[Any], db: Any, target: Any, builder: Any, runner: Any) -> int:
-    """Measure edgeres' builtin schedule (:mod:`edgeres.backends.tvm_schedule`) of each task
+    """Measure edgeres' builtin schedule (:mod:`edgeres.backends.tvm.schedule`) of each task
     and commit it as a record: the database then never picks a tuned schedule slower than
     the builtin one, and the evolutionary search starts from it. Returns records committed.
     """
@@ -172,7 +172,7 @@ def seed_builtin(tasks: list[Any], db: Any, target: Any, builder: Any, runner: A
     from tvm.s_tir.meta_schedule.builder import BuilderInput
     from tvm.s_tir.meta_schedule.runner import RunnerInput
 
-    from edgeres.backends.tvm_schedule import schedule_func
+    from edgeres.backends.tvm.schedule import schedule_func
 
     scheds = []
     for task in tasks:

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgeres.backends.tensorrt_options import HARDWARE_COMPAT, TrtOptions, parse_version
+from edgeres.backends.tensorrt.options import HARDWARE_COMPAT, TrtOptions, parse_version
 from edgeres.errors import BackendUnavailable, CompileError, InputError, UsageError
 from edgeres.fileio import atomic_path
 
@@ -37,7 +37,7 @@ def require_python_api(trt: Any) -> tuple[int, ...]:
     if v[:2] < MIN_PYTHON_API:
         raise BackendUnavailable(
             f"TensorRT {trt.__version__} predates the 8.5 Python API edgeres uses; build with the trtexec "
-            "command in the bundle's recipe (build_recipe.json) instead"
+            "command in the bundle's recipe (recipe.json) instead"
         )
     return v
 
@@ -209,26 +209,19 @@ def onnx_summary(onnx_path: Path) -> dict[str, Any]:
     """What the backend needs to know about an ONNX before building: Q/DQ? FP16? its input."""
     import onnx
 
-    try:
-        model = onnx.load(str(onnx_path), load_external_data=False)
-    except Exception as e:  # onnx raises DecodeError / ValidationError / OSError variants
-        raise InputError(f"{onnx_path} is not a readable ONNX model ({type(e).__name__}); re-export it") from e
+    from edgeres.onnx_io import image_input, load_model, num_qdq, op_counts
+
+    model = load_model(onnx_path, external_data=False)
     g = model.graph
-    init_names = {i.name for i in g.initializer}
-    inputs = [i for i in g.input if i.name not in init_names]
-    if len(inputs) != 1:
-        raise InputError(f"{onnx_path.name} has {len(inputs)} inputs; edgeres classifiers take exactly one NCHW image tensor")
-    inp = inputs[0]
-    dims = [d.dim_value if d.HasField("dim_value") else -1 for d in inp.type.tensor_type.shape.dim]
+    inp = image_input(model, Path(onnx_path).name)
     f16 = onnx.TensorProto.FLOAT16
     has_fp16 = any(i.data_type == f16 for i in g.initializer) or any(
         v.type.tensor_type.elem_type == f16 for v in [*g.input, *g.output, *g.value_info])
-    ops = {n.op_type for n in g.node}
     return {
         "input_name": inp.name,
-        "input_shape": dims,
-        "input_fp16": inp.type.tensor_type.elem_type == f16,
-        "has_qdq": bool(ops & {"QuantizeLinear", "DequantizeLinear"}),
+        "input_shape": [d if isinstance(d, int) else -1 for d in inp.dims],
+        "input_fp16": inp.elem_type == f16,
+        "has_qdq": num_qdq(op_counts(model)) > 0,
         "has_fp16": has_fp16,
     }
 

@@ -1,14 +1,14 @@
 """TensorRT backend: ONNX (FP32, FP16 or explicit Q/DQ INT8) -> serialized engine -> Runner.
 
-Interface (see :mod:`edgeres.backends`): ``NAME``, ``available()``, ``unavailable_reason()``,
-``version()``, ``compile(...) -> Artifact``, ``load(artifact) -> Runner``. Extra helpers for
-bundles built elsewhere: ``build_recipe``, ``check_buildable_here``, ``convert_to_fp16``,
-``copy_cpp_template``.
+:class:`TensorRTBackend` is the declared interface (:class:`~edgeres.backends.base.Backend`);
+it can hand the build to the device (``device_build``): where this machine cannot build for
+the target, the bundle carries ``build_recipe`` and the engine is built on the device with
+``edgeres build-engine`` (:mod:`edgeres.backends.tensorrt.device_build`).
 
-Version shims live in :mod:`edgeres.backends.tensorrt_build` (builder) and
-:mod:`edgeres.backends.tensorrt_runtime` (runner); both are selected from
+Version shims live in :mod:`edgeres.backends.tensorrt.builder` (builder) and
+:mod:`edgeres.backends.tensorrt.runner` (runner); both are selected from
 ``tensorrt.__version__``. ``tensorrt_rtx`` is never used to build engines here: it is a
-different product (see :mod:`edgeres.conformance` for what it is good for).
+different product (see :mod:`edgeres.backends.tensorrt.conformance` for what it is good for).
 """
 
 from __future__ import annotations
@@ -20,18 +20,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
-from edgeres.backends.base import Artifact, Runner
-from edgeres.backends.tensorrt_build import api_family, build_engine, convert_to_fp16, onnx_summary
-from edgeres.backends.tensorrt_options import TrtOptions, resolve_options
-from edgeres.backends.tensorrt_recipe import build_recipe, check_buildable_here, import_tensorrt
-from edgeres.backends.tensorrt_runtime import SIDECAR, TrtRunner, read_sidecar
+from edgeres.backends.base import Artifact, Backend, Capabilities, Runner
+from edgeres.backends.tensorrt.builder import api_family, build_engine, convert_to_fp16, onnx_summary
+from edgeres.backends.tensorrt.options import TrtOptions, resolve_options
+from edgeres.backends.tensorrt.recipe import build_recipe, check_buildable_here, import_tensorrt
+from edgeres.backends.tensorrt.runner import SIDECAR, TrtRunner, read_sidecar
 from edgeres.errors import BackendUnavailable, CompileError, InputError, UsageError
 from edgeres.fileio import sha256_file, write_json
-
-__all__ = [
-    "NAME", "ENGINE", "SIDECAR", "available", "unavailable_reason", "version", "compile", "load",
-    "build_recipe", "check_buildable_here", "convert_to_fp16", "copy_cpp_template", "resolve_options",
-]
 
 NAME = "tensorrt"
 ENGINE = "model.engine"
@@ -40,7 +35,7 @@ TIMING_CACHE = "timing.cache"
 
 def unavailable_reason() -> str:
     """Why ``available()`` is False ("" when it is True)."""
-    from edgeres.backends.tensorrt_cuda import gpu_info
+    from edgeres.backends.tensorrt.cuda import gpu_info
 
     trt, why = import_tensorrt()
     if trt is None:
@@ -68,7 +63,7 @@ def _check_onnx_for_precision(onnx_path: Path, precision: str, family: str) -> d
                 f"{onnx_path.name} has no Q/DQ nodes; TensorRT builds INT8 only from an explicit Q/DQ ONNX: "
                 "quantize it first in the tensorrt form (edgeres quantize ... --form tensorrt)"
             )
-        from edgeres.conformance import check_qdq
+        from edgeres.backends.tensorrt.conformance import check_qdq
 
         report = check_qdq(onnx_path, parse_with_trt=False)
         if not report.ok:
@@ -91,7 +86,7 @@ def compile(onnx_path: str | os.PathLike, target: Any, out_dir: str | os.PathLik
     ``options`` may override the target's ``dla_core``, ``workspace_mb``, ``batch``,
     ``hardware_compatibility``, ``version_compatible``, ``int8_allow_fp16`` and ``timing_cache``.
     """
-    from edgeres.backends.tensorrt_cuda import gpu_info
+    from edgeres.backends.tensorrt.cuda import gpu_info
 
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     if not onnx_path.is_file():
@@ -168,8 +163,8 @@ def load(artifact: Artifact | str | os.PathLike, target: Any = None) -> Runner:
 
 
 def cpp_template_files() -> list[str]:
-    """Names of the C++ example's files shipped in the package (``templates/tensorrt_cpp``)."""
-    root = resources.files("edgeres") / "templates" / "tensorrt_cpp"
+    """Names of the C++ example's files shipped in the package (``backends/tensorrt/cpp_template``)."""
+    root = resources.files("edgeres.backends.tensorrt") / "cpp_template"
     return sorted(p.name for p in root.iterdir() if p.is_file())
 
 
@@ -177,10 +172,59 @@ def copy_cpp_template(dest: str | os.PathLike) -> list[Path]:
     """Copy the C++ engine-runner example (main.cpp, CMakeLists.txt, README.md) into ``dest``."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    root = resources.files("edgeres") / "templates" / "tensorrt_cpp"
+    root = resources.files("edgeres.backends.tensorrt") / "cpp_template"
     out = []
     for name in cpp_template_files():
         with resources.as_file(root / name) as src:
             shutil.copyfile(src, dest / name)
         out.append(dest / name)
     return out
+
+
+class TensorRTBackend(Backend):
+    """TensorRT 8.5-11 on NVIDIA GPUs and Jetson; engines built here or on the device."""
+
+    name = NAME
+    extra = "edgeres[tensorrt]"
+    capabilities = Capabilities(precisions=("fp32", "fp16", "int8"), device_build=True, cpp_example=True)
+
+    def unavailable_reason(self) -> str:
+        return unavailable_reason()
+
+    def version(self) -> str | None:
+        return version()
+
+    def compile(self, onnx_path: str | os.PathLike, target: Any, out_dir: str | os.PathLike, *, precision: str,
+                options: Mapping[str, Any] | None = None) -> Artifact:
+        return compile(onnx_path, target, out_dir, precision=precision, options=options)
+
+    def load(self, artifact: Artifact | str | os.PathLike, target: Any = None) -> Runner:
+        return load(artifact, target)
+
+    def preflight(self, target: Any, precision: str, options: Mapping[str, Any] | None = None) -> None:
+        """The options must resolve; TensorRT itself may be absent (the engine is then built on the device)."""
+        resolve_options(target, options)
+
+    def buildable_here(self, target: Any, options: Mapping[str, Any] | None = None, *,
+                       bundle: str = "BUNDLE") -> tuple[bool, str]:
+        return check_buildable_here(target, options, bundle=bundle)
+
+    def check_deploy_model(self, onnx_path: Path, precision: str) -> dict[str, Any] | None:
+        """The GPU-free Q/DQ check (structural rules + TensorRT's parser where installed) of an INT8
+        model; a failure here is a quantizer bug, never something to ship."""
+        if precision != "int8":
+            return None
+        from edgeres.backends.tensorrt.conformance import check_qdq, format_report
+
+        rep = check_qdq(onnx_path)
+        if not rep.ok:
+            raise CompileError(f"the Q/DQ model fails TensorRT's rules: {format_report(rep).splitlines()[0]}; "
+                               "please report this to edgeres with the model")
+        return rep.to_dict()
+
+    def build_recipe(self, target: Any, precision: str, onnx_name: str, *, input_chw: tuple[int, ...],
+                     options: Mapping[str, Any] | None = None, bundle: str = "BUNDLE") -> dict[str, Any]:
+        return build_recipe(target, precision, onnx_name, input_chw=input_chw, options=options, bundle=bundle)
+
+    def write_app_example(self, bundle_dir: Path) -> None:
+        copy_cpp_template(bundle_dir / "cpp")

@@ -32,7 +32,7 @@ def build_engine(bundle: str | os.PathLike, *, options: dict[str, Any] | None = 
     tgt = get_target_from_manifest(b)
     merged = {**b.manifest.get("backend_options", {}), **(options or {})}
     backend = get_backend("tensorrt", require=False)
-    ok, why = backend.check_buildable_here(tgt, merged or None, bundle=str(b.root))
+    ok, why = backend.buildable_here(tgt, merged or None, bundle=str(b.root))
     if not ok:
         raise BackendUnavailable(f"cannot build the engine here: {why}")
     t = time.perf_counter()

@@ -8,7 +8,7 @@ each quantized convolution back into an integer one:
 ``float(sum(q * Wq) - (z - shift) * sum(Wq)) * (s * s_w)``
 
 where ``q`` is the uint8 activation the previous layer already wrote (the Q/DQ pair is
-rewritten by :func:`edgeres.backends.tvm_qdq.fold_activation_qdq` so that the uint8 tensor
+rewritten by :func:`edgeres.backends.tvm.qdq.fold_activation_qdq` so that the uint8 tensor
 exists in the graph) and ``Wq`` the int8 weights, packed at compile time as
 ``(K/16, KH, KW, C/4, 16, 4)``: four consecutive input channels of sixteen output channels,
 the operand shape of the CPU dot-product instructions:
@@ -31,7 +31,7 @@ shifts the uint8 activations by -128 and the epilogue's zero-point term absorbs 
 (``shift`` above). The prologue also pads: with the activation's zero point (its real value
 is 0.0) spatially, and the input channels up to a multiple of 4.
 
-The convolution keeps the float kernel's structure (:mod:`edgeres.backends.tvm_conv`): the
+The convolution keeps the float kernel's structure (:mod:`edgeres.backends.tvm.conv`): the
 same flattened-pixel register tiles, the write-back block that applies the fused epilogues
 (bias, residual, ReLU, the next layer's quantize), and its schedule, whose innermost
 ``16 channels x 4 inputs`` step is tensorized with the instruction above.
@@ -44,9 +44,10 @@ from typing import Any
 
 import numpy as np
 
+from edgeres.backends.tvm.primitives import ACC_NAME, MAX_PIXEL_WASTE, OUT_NAME, static_shape
+
 BLOCK = 16  # output channels per packed weight block = the intrinsic's lanes
 QUAD = 4  # input channels per dot product
-KINDS = ("vnni", "avx512bw", "avx2", "ssse3", "sdot")
 SATURATING = ("avx512bw", "avx2", "ssse3")  # vpmaddubsw: weights must fit 7 bits
 WEIGHT_LIMIT_7BIT = 64
 # Register-tile rows (pixels) per kind, best first: accumulators are pixels x 16 int32 lanes.
@@ -87,8 +88,6 @@ def int8_kind(target: Any) -> str | None:
 
 def pixel_tile(pixels: int, kind: str) -> int:
     """Register-tile rows for ``pixels`` output pixels (same waste rule as the float kernel)."""
-    from edgeres.backends.tvm_conv import MAX_PIXEL_WASTE
-
     for t in PIXEL_TILES[kind]:
         if -(-pixels // t) * t - pixels <= MAX_PIXEL_WASTE * pixels:
             return t
@@ -190,7 +189,6 @@ def int8_conv(data: Any, wp: Any, comp: Any, scale: Any, strides: list[int], pad
     output ``float32((acc - comp[f]) * scale[f])``, NHWC."""
     from tvm import te, tirx
 
-    from edgeres.backends.tvm_conv import ACC_NAME, OUT_NAME
 
     n, h, w, c = (int(d) for d in data.shape)
     ko, kh, kw, cq, block, quad = (int(d) for d in wp.shape)
@@ -252,13 +250,12 @@ def _scalar(expr: Any) -> float | None:
 def integer_convolutions(mod: Any, target: Any) -> tuple[Any, dict[str, int]]:
     """Rewrite ``mod``'s quantized NHWC convolutions into integer ones for ``target``.
 
-    Expects the graph after :func:`~edgeres.backends.tvm_qdq.fold_activation_qdq` (with
+    Expects the graph after :func:`~edgeres.backends.tvm.qdq.fold_activation_qdq` (with
     ``integer=True``) and ConvertLayout to NHWC/HWIO, before constant folding. Returns the
     module and counts: ``{"int8": rewritten, "float": quantized convolutions left in float}``.
     """
     from tvm import ir, relax
 
-    from edgeres.backends.tvm_conv import _static_shape
 
     kind = int8_kind(target)
     counts = {"int8": 0, "float": 0}
@@ -323,7 +320,7 @@ def integer_convolutions(mod: Any, target: Any) -> tuple[Any, dict[str, int]]:
             if (str(a.data_layout), str(a.kernel_layout), str(a.out_layout or a.data_layout)) != \
                     ("NHWC", "HWIO", "NHWC") or int(a.groups) != 1 \
                     or str(a.out_dtype or "") not in ("", "None", "float32") \
-                    or wts is None or _static_shape(act[0].ty) is None or wts[0].shape[0] % BLOCK:
+                    or wts is None or static_shape(act[0].ty) is None or wts[0].shape[0] % BLOCK:
                 counts["float"] += 1  # grouped, dynamic, K % 16, weights not symmetric int8 constants
                 return call
             (q, s, z), (wq, sw) = act, wts

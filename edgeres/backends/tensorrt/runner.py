@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from edgeres.backends.tensorrt_build import make_logger, require_python_api
-from edgeres.backends.tensorrt_cuda import DeviceIO, make_device_io
+from edgeres.backends.tensorrt.builder import make_logger, require_python_api
+from edgeres.backends.tensorrt.cuda import DeviceIO, make_device_io
 from edgeres.errors import CompileError, InputError
 
 SIDECAR = "engine.json"

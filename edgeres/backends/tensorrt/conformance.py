@@ -226,7 +226,7 @@ def _clean(msg: str) -> str:
 
 
 def _trt_check(report: ConformanceReport, path: Path, trt: Any, label: str, build: bool) -> None:
-    from edgeres.backends.tensorrt_build import make_logger, network_flags, parser_errors
+    from edgeres.backends.tensorrt.builder import make_logger, network_flags, parser_errors
 
     report.trt_parser = f"{label} {trt.__version__}"
     logger = make_logger(trt)
@@ -273,15 +273,10 @@ def check_qdq(onnx_path: str | Path, *, parse_with_trt: bool | None = None, buil
     requires one (BackendUnavailable otherwise); False runs only the structural rules.
     ``build``: also try a CPU-only engine build (``tensorrt_rtx`` only).
     """
-    import onnx
+    from edgeres.onnx_io import load_model
 
     path = Path(onnx_path)
-    if not path.is_file():
-        raise InputError(f"ONNX file {path} does not exist; pass the quantized model's path")
-    try:
-        model = onnx.load(str(path))
-    except Exception as e:  # DecodeError, ValidationError, OSError for missing external data
-        raise InputError(f"{path} is not a readable ONNX model ({type(e).__name__}); re-export or re-quantize it") from e
+    model = load_model(path)
     checker = _Checker(model)
     issues = checker.run()
     ops = [n.op_type for n in model.graph.node]

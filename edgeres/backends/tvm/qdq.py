@@ -14,7 +14,7 @@ folded at compile time anyway) are left as they are.
 
 With ``integer=True`` the quantized value is materialized as a uint8/int8 tensor between
 the two halves (``astype`` there and back, exact for these integral values), so that
-:mod:`edgeres.backends.tvm_int8` can feed it to integer convolutions: the producer then
+:mod:`edgeres.backends.tvm.int8` can feed it to integer convolutions: the producer then
 writes one byte per activation instead of four. Quantizing then multiplies by ``1 / s``
 instead of dividing by ``s`` (as integer runtimes requantize, ONNX Runtime's included): a
 value within one float32 ulp of a rounding midpoint may land one step away from the

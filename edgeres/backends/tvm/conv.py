@@ -29,20 +29,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from edgeres.backends.tvm import int8 as tvm_int8
+from edgeres.backends.tvm import primitives as prim
+from edgeres.backends.tvm.primitives import ACC_NAME, MAX_PIXEL_WASTE, OUT_NAME, static_shape
+
 # Output channels per packed weight block = the vectorized extent of a register tile.
 CHANNEL_BLOCK = 16
 # Candidate pixel tiles (register rows), best first for AVX2/NEON with a 16-channel block.
 PIXEL_TILES = (6, 4, 7, 5, 8, 3, 2, 1)
-# Largest fraction of padding pixels a tile may add before a smaller tile is preferred.
-MAX_PIXEL_WASTE = 0.08
 # Unroll factor of the input-channel loop inside the register tile.
 CHANNEL_UNROLL = 8
 # Unroll factor of the integer kernel's loop over quads of input channels.
 INT8_QUAD_UNROLL = 1
 # Weights kept cache-resident while pixel tiles stream past them (about half a 512 KiB L2).
 WEIGHT_CACHE_BYTES = 256 * 1024
-ACC_NAME = "conv2d_nhwc_packed"
-OUT_NAME = "conv2d_nhwc_packed_out"
 
 
 def pixel_tile(pixels: int) -> int:
@@ -59,16 +59,6 @@ def legalize_map() -> dict[str, Any]:
     return {"relax.nn.conv2d": _legalize_conv2d}
 
 
-def _static_shape(sinfo: Any) -> list[int] | None:
-    from tvm import tirx
-
-    shape = getattr(sinfo, "shape", None)
-    values = getattr(shape, "values", None)
-    if values is None or not all(isinstance(v, tirx.IntImm) for v in values):
-        return None
-    return [int(v.value) for v in values]
-
-
 def eligible(call: Any) -> bool:
     """Whether ``call`` (a relax.nn.conv2d) is a float32 NHWC/HWIO, ungrouped, static-shape convolution."""
     a = call.attrs
@@ -79,7 +69,7 @@ def eligible(call: Any) -> bool:
     data, weight = (arg.ty for arg in call.args)
     if str(data.dtype) != "float32" or str(weight.dtype) != "float32":
         return False
-    dshape, wshape = _static_shape(data), _static_shape(weight)
+    dshape, wshape = static_shape(data), static_shape(weight)
     return dshape is not None and wshape is not None and len(dshape) == 4 and wshape[3] % 8 == 0
 
 
@@ -91,7 +81,7 @@ def _legalize_conv2d(bb: Any, call: Any) -> Any:
         return default(bb, call)
     a = call.attrs
     data, weight = call.args
-    block = CHANNEL_BLOCK if _static_shape(weight.ty)[3] % CHANNEL_BLOCK == 0 else 8
+    block = CHANNEL_BLOCK if static_shape(weight.ty)[3] % CHANNEL_BLOCK == 0 else 8
     packed = bb.emit(bb.call_te(pack_weights, weight, block, primfunc_name_hint="conv2d_weight_pack"))
     return bb.call_te(packed_conv, data, packed, [int(s) for s in a.strides], [int(p) for p in a.padding],
                       [int(d) for d in a.dilation], primfunc_name_hint="conv2d_nhwc_packed")
@@ -160,9 +150,7 @@ def vector_block(target: Any) -> int:
 
 def schedule_packed(sch: Any, acc: Any, target: Any = None) -> None:
     """Schedule a function holding [prologues..., pad_temp], conv2d_nhwc_packed, its _out, [epilogues...]."""
-    from edgeres.backends import tvm_schedule as ts
-
-    before, after = ts._siblings(sch, acc)
+    before, after = prim.siblings(sch, acc)
     if not after or not sch.get(after[0]).name_hint.startswith(OUT_NAME):
         raise ValueError("packed convolution without its write-back block")
     out = after[0]
@@ -173,19 +161,17 @@ def schedule_packed(sch: Any, acc: Any, target: Any = None) -> None:
                 continue
             except Exception:  # noqa: BLE001 - not inlinable: its own parallel pass
                 pass
-        ts._schedule_injective(sch, [pro])
+        prim.schedule_injective(sch, [pro])
     for epi in after[1:]:  # bias, residual, ReLU, (de)quantize: elementwise on the output
         try:
             sch.reverse_compute_inline(epi)
         except Exception:  # noqa: BLE001 - not elementwise on the output: its own parallel pass
-            ts._schedule_injective(sch, [epi])
+            prim.schedule_injective(sch, [epi])
     _, padded, k = (int(iv.dom.extent) for iv in sch.get(acc).iter_vars[:3])
     _, oh, ow, _ = (int(iv.dom.extent) for iv in sch.get(out).iter_vars)
     red = [int(iv.dom.extent) for iv in sch.get(acc).iter_vars[3:]]  # ry, rx, rc[, rj]
     kind = None
     if len(red) == 4:  # the integer kernel (tvm_int8): rc counts quads of input channels
-        from edgeres.backends import tvm_int8
-
         kind = tvm_int8.int8_kind(target)
         if kind is None:
             raise ValueError("integer packed convolution on a target without a dot-product instruction")
@@ -205,7 +191,7 @@ def schedule_packed(sch: Any, acc: Any, target: Any = None) -> None:
     # stays resident while every pixel tile streams past it; inputs are re-read once per group.
     block_bytes = red[0] * red[1] * red[2] * vec * 4  # float32, or int8 x 4 channels per quad
     groups = k // vec
-    inner = ts._largest_divisor(groups, max(1, WEIGHT_CACHE_BYTES // block_bytes))
+    inner = prim.largest_divisor(groups, max(1, WEIGHT_CACHE_BYTES // block_bytes))
     if inner > 1 and inner < groups:
         f_oo, f_oi = sch.split(f_o, factors=[None, inner])
         outer = [b, f_oo, p_o, f_oi]
@@ -224,7 +210,7 @@ def schedule_packed(sch: Any, acc: Any, target: Any = None) -> None:
         _schedule_int8_tile(sch, acc, outer, red, kind)
         return
     _, a_p, a_f, r_y, r_x, r_c = sch.get_loops(acc)[len(outer):]
-    unroll = ts._largest_divisor(red[2], CHANNEL_UNROLL)
+    unroll = prim.largest_divisor(red[2], CHANNEL_UNROLL)
     rc_o, rc_i = sch.split(r_c, factors=[None, unroll])
     sch.reorder(r_y, r_x, rc_o, rc_i, a_p, a_f)
     sch.unroll(rc_i)
@@ -232,24 +218,21 @@ def schedule_packed(sch: Any, acc: Any, target: Any = None) -> None:
         sch.unroll(r_x)
     sch.unroll(a_p)
     sch.vectorize(a_f)
-    ts._parallelize(sch, outer)
+    prim.parallelize(sch, outer)
     sch.decompose_reduction(acc, r_y)
 
 
 def _schedule_int8_tile(sch: Any, acc: Any, outer: list[Any], red: list[int], kind: str) -> None:
     """The integer kernel's register tile: pixels unrolled, the 16 x 4 dot product tensorized."""
-    from edgeres.backends import tvm_int8
-    from edgeres.backends import tvm_schedule as ts
-
     _, a_p, a_f, r_y, r_x, r_c, r_j = sch.get_loops(acc)[len(outer):]
-    unroll = ts._largest_divisor(red[2], INT8_QUAD_UNROLL)
+    unroll = prim.largest_divisor(red[2], INT8_QUAD_UNROLL)
     rc_o, rc_i = sch.split(r_c, factors=[None, unroll])
     sch.reorder(r_y, r_x, rc_o, rc_i, a_p, a_f, r_j)
     sch.unroll(rc_i)
     if red[2] < 2:  # one quad of input channels (the stem): unroll the filter row as well
         sch.unroll(r_x)
     sch.unroll(a_p)
-    ts._parallelize(sch, outer)
+    prim.parallelize(sch, outer)
     init = sch.decompose_reduction(acc, r_y)
     sch.vectorize(sch.get_loops(init)[-1])
     sch.tensorize(a_f, tvm_int8.intrinsic(kind))

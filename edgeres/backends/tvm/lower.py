@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgeres.backends import tvm_target as tt
+from edgeres.backends.tvm import options as tt
 
 
 def lower(mod: Any, tvm_target: Any, opts: tt.TvmOptions, counts: dict[str, int] | None = None) -> Any:
@@ -18,8 +18,8 @@ def lower(mod: Any, tvm_target: Any, opts: tt.TvmOptions, counts: dict[str, int]
     from tvm import relax
 
     if opts.layout == "NHWC":
-        from edgeres.backends.tvm_int8 import int8_kind, integer_convolutions
-        from edgeres.backends.tvm_qdq import fold_activation_qdq
+        from edgeres.backends.tvm.int8 import int8_kind, integer_convolutions
+        from edgeres.backends.tvm.qdq import fold_activation_qdq
 
         integer = opts.int8 == "integer" and opts.conv == "packed" and int8_kind(tvm_target) is not None
         mod = fold_activation_qdq(mod, integer=integer)  # else ConvertLayout wraps each Q/DQ pair in transposes
@@ -32,7 +32,7 @@ def lower(mod: Any, tvm_target: Any, opts: tt.TvmOptions, counts: dict[str, int]
         mod = relax.transform.FoldConstant()(mod)
     with tvm_target:
         if opts.conv == "packed" and tvm_target.kind.name == "llvm":
-            from edgeres.backends.tvm_conv import legalize_map
+            from edgeres.backends.tvm.conv import legalize_map
 
             mod = relax.transform.LegalizeOps(legalize_map())(mod)  # the rest: TVM's legalization
         return relax.get_pipeline("zero")(mod)
@@ -49,7 +49,7 @@ def apply_schedules(mod: Any, tvm_target: Any, opts: tt.TvmOptions) -> tuple[Any
         if opts.tuning_db is not None:
             from tvm.s_tir import meta_schedule as ms
 
-            from edgeres.backends.tvm_int8 import int8_kind, intrinsic
+            from edgeres.backends.tvm.int8 import int8_kind, intrinsic
 
             if int8_kind(tvm_target) is not None:  # records may replay edgeres' tensorize
                 intrinsic(int8_kind(tvm_target))
@@ -59,7 +59,7 @@ def apply_schedules(mod: Any, tvm_target: Any, opts: tt.TvmOptions) -> tuple[Any
         tuned = sum(1 for _, f in mod.functions_items()
                     if isinstance(f, tirx.PrimFunc) and f.attrs is not None and "tirx.is_scheduled" in f.attrs)
         if opts.schedule == "builtin":
-            from edgeres.backends.tvm_schedule import default_schedule_pass
+            from edgeres.backends.tvm.schedule import default_schedule_pass
 
             mod = default_schedule_pass()(mod)
     return mod, tuned

@@ -1,0 +1,164 @@
+"""Apache TVM (Relax) backend: ONNX -> shared library for a CPU target.
+
+Flow: ``relax.frontend.onnx.from_onnx`` with a static batch (the target's
+``batch_size``) -> NCHW->NHWC conversion (the default layout) -> float32 convolutions
+legalized to edgeres' packed-weight kernel (:mod:`edgeres.backends.tvm.conv`), the rest by
+``relax.get_pipeline("zero")`` (legalize, fold constants, fuse) -> the MetaSchedule
+database's schedules, when one is given -> edgeres' default CPU schedule for the rest
+(:mod:`edgeres.backends.tvm.schedule`) -> ``tvm.compile`` -> ``model.so`` (linked by the
+cross compiler for other architectures, see :mod:`edgeres.backends.tvm.cross`) plus
+``model.tvm.json``, a sidecar that lets :func:`load` work from the ``.so`` path alone. The
+lowering and scheduling steps live in :mod:`edgeres.backends.tvm.lower`.
+
+INT8: TVM imports a Q/DQ model as ``quantize -> dequantize -> float conv``. edgeres rewrites
+each quantized convolution into an integer one (:mod:`edgeres.backends.tvm.int8`: uint8
+activations, int8 weights, the CPU's dot-product instruction) and the remaining activation
+Q/DQ pairs into elementwise ops fused into the convolutions' epilogues
+(:mod:`edgeres.backends.tvm.qdq`). ``info["int8_kernels"]`` says whether any convolution
+runs integer arithmetic and ``info["int8_note"]`` how many, and why the others do not.
+
+Options: see :mod:`edgeres.backends.tvm.options` (``target``, ``layout``, ``conv``, ``int8``,
+``schedule``, ``tuning_db``, ``threads``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from edgeres.backends.base import Artifact, Backend, Capabilities, Runner, check_precision
+from edgeres.backends.tvm import cross as tvm_cross
+from edgeres.backends.tvm import options as tt
+from edgeres.backends.tvm.importer import first_line, import_onnx
+from edgeres.backends.tvm.lower import apply_schedules, conv_kernels, lower
+from edgeres.backends.tvm import runner as _runner
+from edgeres.backends.tvm.runner import MODEL_FILE, SIDECAR_FORMAT, sidecar_path
+from edgeres.errors import CompileError, InputError, UsageError
+from edgeres.fileio import write_json
+
+NAME = "tvm"
+PRECISIONS = ("fp32", "int8")
+
+
+def tuning_module(onnx_path: str | os.PathLike, target: Any,
+                  options: Mapping[str, Any] | None = None) -> tuple[Any, Any]:
+    """``(IRModule, tvm.target.Target)`` exactly as :func:`compile` schedules it.
+
+    This is what a MetaSchedule run should extract its tasks from
+    (``ms.relax_integration.extract_tasks(mod, target)``), so that the database it writes
+    matches the workloads :func:`compile` looks up with ``options={"tuning_db": work_dir}``.
+    """
+    _runner.require()
+    opts = tt.parse_options(target, options)
+    target_dict = tt.resolve_target_dict(opts.target, cross=tvm_cross.needs_cross(target),
+                                         target_name=getattr(target, "name", "?"))
+    tvm_target = tt.make_target(target_dict)
+    imported = import_onnx(onnx_path, int(getattr(target, "batch_size", 1) or 1))
+    return lower(imported.mod, tvm_target, opts), tvm_target
+
+
+def compile(onnx_path: str | os.PathLike, target: Any, out_dir: str | os.PathLike, *, precision: str,
+            options: Mapping[str, Any] | None = None) -> Artifact:
+    """Compile ``onnx_path`` (FP32, or the Q/DQ INT8 model for ``precision="int8"``) for ``target``.
+
+    Writes ``out_dir/model.so`` and ``out_dir/model.tvm.json`` atomically.
+    """
+    _runner.require()
+    from edgeres.onnx_io import load_model, op_counts
+
+    t0 = time.perf_counter()
+    if precision not in PRECISIONS:
+        raise UsageError(f"the tvm backend compiles precisions {list(PRECISIONS)}, not {precision!r}")
+    opts = tt.parse_options(target, options)
+    src = Path(onnx_path)
+    proto = load_model(src)  # one-line InputError for a missing or corrupt model
+    check_precision(op_counts(proto), precision, src.name, target)
+    cross = tvm_cross.needs_cross(target)
+    tvm_cross.check_tvm_target(target, opts.target)
+    tvm_cross.cross_compiler(target)  # fail fast (BackendUnavailable) when the cross toolchain is missing
+    target_dict = tt.resolve_target_dict(opts.target, cross=cross, target_name=getattr(target, "name", "?"))
+    tvm_target = tt.make_target(target_dict)
+    batch = int(getattr(target, "batch_size", 1) or 1)
+    imported = import_onnx(src, batch, proto)
+    del proto
+    rewrite: dict[str, int] = {}
+    try:
+        mod, tuned = apply_schedules(lower(imported.mod, tvm_target, opts, rewrite), tvm_target, opts)
+        convs = conv_kernels(mod)
+        import tvm
+
+        executable = tvm.compile(mod, tvm_target)
+    except (UsageError, InputError):
+        raise
+    except Exception as e:  # noqa: BLE001 - TVM raises TVMError, ValueError, ...
+        hint = ("retry with --option conv=topi, or schedule=none, to rule out edgeres' kernels and schedule"
+                if opts.schedule == "builtin" else "report the model and target to edgeres")
+        raise CompileError(f"TVM could not compile {src.name} for {getattr(target, 'name', '?')}: "
+                           f"{first_line(e)}; {hint}") from e
+    out = Path(out_dir)
+    so = out / MODEL_FILE
+    sidecar_path(so).unlink(missing_ok=True)  # never a stale sidecar next to a new library
+    tvm_cross.export_library(executable, so, target)  # atomic; cross-links for other archs
+    seconds = time.perf_counter() - t0
+    info: dict[str, Any] = {
+        "tvm_version": _runner.version(),
+        "tvm_target": target_dict,
+        "tvm_target_str": str(tvm_target),
+        "arch": tvm_cross.target_arch(target),
+        "layout": opts.layout,
+        "conv": opts.conv,
+        "conv_kernels": convs,
+        "schedule": opts.schedule,
+        "tuning_db": str(opts.tuning_db) if opts.tuning_db else None,
+        "tuned_functions": tuned,
+        "threads": opts.threads,
+        "output_shape": list(imported.output_shape),
+        "int8": opts.int8,
+        "int8_kernels": convs.get("packed_int8", 0) > 0,
+    }
+    if precision == "int8":
+        from edgeres.backends.tvm.int8 import describe
+
+        info["int8_note"] = describe(opts, tvm_target, rewrite)
+    artifact = Artifact(backend=NAME, path=so, precision=precision, input_name=imported.input_name,
+                        input_shape=imported.input_shape, files=(MODEL_FILE, sidecar_path(so).name),
+                        compile_seconds=seconds, info=info)
+    write_json(sidecar_path(so), {"format": SIDECAR_FORMAT, **artifact.to_dict()})
+    return artifact
+
+
+class TvmBackend(Backend):
+    """Apache TVM (Relax): x86 and ARM CPUs, cross-compiled where the target's arch is not this machine's."""
+
+    name = NAME
+    extra = "edgeres[tvm]"
+    capabilities = Capabilities(precisions=PRECISIONS, cross_compile=True, cpp_example=True, tuning=True)
+
+    def unavailable_reason(self) -> str:
+        return _runner.unavailable_reason()
+
+    def version(self) -> str | None:
+        return _runner.version()
+
+    def compile(self, onnx_path: str | os.PathLike, target: Any, out_dir: str | os.PathLike, *, precision: str,
+                options: Mapping[str, Any] | None = None) -> Artifact:
+        return compile(onnx_path, target, out_dir, precision=precision, options=options)
+
+    def load(self, artifact: Artifact | str | os.PathLike, target: Any = None) -> Runner:
+        return _runner.load(artifact, target)
+
+    def preflight(self, target: Any, precision: str, options: Mapping[str, Any] | None = None) -> None:
+        """TVM imports, the options parse, and a cross target has its toolchain — before any work."""
+        self.require()
+        if precision not in PRECISIONS:
+            raise UsageError(f"the tvm backend compiles precisions {list(PRECISIONS)}, not {precision!r}")
+        opts = tt.parse_options(target, options)
+        tvm_cross.check_tvm_target(target, opts.target)
+        tvm_cross.cross_compiler(target)
+
+    def write_app_example(self, bundle_dir: Path) -> None:
+        from edgeres.backends.tvm.cpp_runner import write_cpp_runner
+
+        write_cpp_runner(bundle_dir)

@@ -1,0 +1,58 @@
+"""What the CLI commands share: the accuracy table, percentages, ``--option key=value`` parsing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+from rich.console import Console
+from rich.table import Table
+
+from edgeres.errors import UsageError
+
+console = Console()
+
+
+def parse_options(items: Optional[List[str]]) -> dict:
+    """``--option key=value`` pairs; values parsed as TOML scalars/tables where possible (``dla_core=0``)."""
+    from edgeres.compat import tomllib
+
+    out: dict = {}
+    for item in items or []:
+        if "=" not in item:
+            raise UsageError(f"--option {item!r} must look like key=value (e.g. dla_core=0)")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def report_table(report, title: str = "Accuracy") -> Table:
+    t = Table(title=title)
+    for c in ("", "top-1", "top-5"):
+        t.add_column(c, justify="right" if c else "left")
+    t.add_row("FP32 reference (ONNX Runtime)", pct(report.reference.top1), pct(report.reference.top5))
+    label = f"artifact ({report.context.get('precision', '?')}, {report.context.get('backend', '?')})"
+    t.add_row(label, pct(report.artifact.top1), pct(report.artifact.top5))
+    t.add_row("drop (points)", f"{report.drop_top1:+.2f}", f"{report.drop_top5:+.2f}")
+    t.caption = (f"{report.num_images} images · top-1 agreement {pct(report.agreement_top1)} · "
+                 f"mean logit cosine {report.mean_cosine:.4f} · max drop {report.max_drop} · "
+                 f"{'PASSED' if report.passed else 'FAILED'}")
+    return t
+
+
+def print_bundle_report(bundle: Path) -> None:
+    from edgeres.bundle import REPORT
+    from edgeres.evaluate import AccuracyReport
+
+    path = Path(bundle) / REPORT
+    if path.is_file():
+        console.print(report_table(AccuracyReport.from_dict(json.loads(path.read_text()))))

@@ -1,0 +1,142 @@
+"""Reading ONNX files: the one loader every stage uses, the graph's inputs/outputs, op counts.
+
+Every error is one :class:`~edgeres.errors.InputError` line that names the file and says what
+to do: a missing file, a file that is not ONNX, weights in an external-data file that is not
+next to the model, a model the ONNX checker rejects, an input that is not an NCHW image.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from edgeres.errors import InputError
+
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+
+
+def _reason(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return (text[:200] or type(e).__name__)
+
+
+def load_model(path: str | os.PathLike, *, external_data: bool = True, check: bool = False) -> Any:
+    """``onnx.ModelProto`` of ``path``; one-line InputError for a missing, corrupt or invalid file.
+
+    ``external_data``: also load weights kept in external-data files (they must sit where the
+    model says, relative to it). ``check``: run ``onnx.checker.check_model`` too.
+    """
+    return load_with_data_files(path, external_data=external_data, check=check)[0]
+
+
+def load_with_data_files(path: str | os.PathLike, *, external_data: bool = True,
+                         check: bool = False) -> tuple[Any, list[Path]]:
+    """:func:`load_model`, and the external-data files the model's weights came from (sorted)."""
+    import onnx
+
+    p = Path(path)
+    if not p.is_file():
+        what = "is a directory, not an ONNX file" if p.is_dir() else "does not exist"
+        raise InputError(f"ONNX model {p} {what}; check the path")
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - protobuf DecodeError and friends
+        raise InputError(f"{p} is not a valid ONNX model ({_reason(e)}); re-export it (edgeres export)") from e
+    files = external_data_files(model, p)
+    if external_data:
+        missing = [f for f in files if not f.is_file()]
+        if missing:
+            raise InputError(f"{p} keeps its weights in {missing[0].name}, which is not next to it; copy the "
+                             "external-data file beside the model")
+        try:
+            onnx.load_external_data_for_model(model, str(p.parent))
+        except Exception as e:  # noqa: BLE001
+            raise InputError(f"cannot read the external weights of {p} ({_reason(e)}); re-export it") from e
+    if check:
+        try:
+            onnx.checker.check_model(model)
+        except Exception as e:  # noqa: BLE001 - ValidationError
+            raise InputError(f"{p} is not a valid ONNX model ({_reason(e)}); re-export it (edgeres export)") from e
+    return model, files
+
+
+def external_data_files(model: Any, path: str | os.PathLike) -> list[Path]:
+    """The external-data files ``model`` (loaded from ``path``) refers to, sorted."""
+    import onnx
+
+    locations = {e.value for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+                 for e in t.external_data if e.key == "location"}
+    return sorted(Path(path).parent / loc for loc in locations)
+
+
+def _dims(value_info: Any) -> list[int | str]:
+    out: list[int | str] = []
+    for d in value_info.type.tensor_type.shape.dim:
+        out.append(int(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?"))
+    return out
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A graph input or output: name, ONNX element type, dims (symbolic dims are strings)."""
+
+    name: str
+    elem_type: int
+    dims: tuple[int | str, ...]
+
+    @property
+    def static_dims(self) -> tuple[int | None, ...]:
+        return tuple(d if isinstance(d, int) else None for d in self.dims)
+
+
+@dataclass(frozen=True)
+class GraphIO:
+    """The inputs (initializers excluded) and outputs of a model's main graph."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+
+def graph_io(model: Any) -> GraphIO:
+    """The model's graph inputs (not initializers) and outputs."""
+    inits = {i.name for i in model.graph.initializer}
+
+    def spec(v: Any) -> TensorSpec:
+        return TensorSpec(v.name, int(v.type.tensor_type.elem_type), tuple(_dims(v)))
+
+    return GraphIO(tuple(spec(v) for v in model.graph.input if v.name not in inits),
+                   tuple(spec(v) for v in model.graph.output))
+
+
+def image_input(model: Any, label: str = "the model", *, static_chw: bool = False) -> TensorSpec:
+    """The model's one NCHW image input; InputError naming ``label`` otherwise.
+
+    ``static_chw``: C, H and W must be fixed numbers (the batch may be symbolic).
+    """
+    inputs = graph_io(model).inputs
+    if len(inputs) != 1:
+        raise InputError(f"{label} has {len(inputs)} graph inputs {[i.name for i in inputs]}; edgeres compiles "
+                         "image classifiers with exactly one NCHW image input")
+    inp = inputs[0]
+    if len(inp.dims) != 4:
+        raise InputError(f"{label} input {inp.name!r} has shape {list(inp.dims)}; edgeres needs an NCHW image "
+                         "input (N, C, H, W)")
+    if static_chw and any(not isinstance(d, int) for d in inp.dims[1:]):
+        raise InputError(f"{label} input {inp.name!r} has symbolic dims {list(inp.dims[1:])} besides the batch; "
+                         "export it with a fixed C, H, W")
+    return inp
+
+
+def op_counts(model: Any) -> dict[str, int]:
+    """Node count per op type of the main graph."""
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def num_qdq(counts: Mapping[str, int]) -> int:
+    """How many QuantizeLinear/DequantizeLinear nodes ``counts`` holds."""
+    return sum(counts.get(op, 0) for op in QDQ_OPS)
