@@ -27,9 +27,9 @@ def register(app: typer.Typer, console) -> None:  # noqa: ANN001
         console.print(f"[green]engine[/green] {b.root}/artifact/{art['file']} "
                       f"(TensorRT {art['info'].get('tensorrt_version', '?')}, {art['compile_seconds']:.1f} s)")
         if report is not None:
-            from edgeres.cli_format import report_table
+            from edgeres.cli_format import any_report_table
 
-            console.print(report_table(report))
+            console.print(any_report_table(report))
 
     @app.command(name="check-qdq")
     def check_qdq_cmd(

@@ -23,7 +23,7 @@ def build_engine(bundle: str | os.PathLike, *, options: dict[str, Any] | None = 
     AccuracyRegression (after recording the report) when ``max_drop`` is broken.
     """
     from edgeres.backends import get_backend
-    from edgeres.pipeline import get_target_from_manifest, validate_bundle
+    from edgeres.pipeline import get_target_from_manifest, regression_message, validate_bundle, validation_record
 
     b = load_bundle(bundle)
     if b.backend != "tensorrt":
@@ -49,13 +49,11 @@ def build_engine(bundle: str | os.PathLike, *, options: dict[str, Any] | None = 
     if data:
         report = validate_bundle(b, data, max_drop=max_drop, limit=limit)
         report.write(b.root / REPORT)
-        record["validation"] = {"report": REPORT, "passed": report.passed, "drop_top1": report.drop_top1,
-                                "data": data}
+        record["validation"] = validation_record(report, data)
         write_manifest(b.root, record)
         b = load_bundle(b.root)
         if not report.passed:
-            raise AccuracyRegression(f"engine top-1 dropped {report.drop_top1:.2f} points (limit {report.max_drop}); "
-                                     f"report in {b.root / REPORT}")
+            raise AccuracyRegression(f"engine: {regression_message(report, b.root)}")
     return b, report
 
 
