@@ -1,6 +1,8 @@
-"""Bad input ends in one line that says what is wrong and how to fix it, exit code 2, no traceback."""
+"""Bad input ends in one line that says what is wrong and how to fix it, exit code 2, no traceback.
 
-
+Every command here fails before the weights matter, so the models have random weights
+(``random_r20`` / ``random_r20_onnx``), not the trained fixture.
+"""
 
 def _one_line_error(r, *needles):
     assert r.returncode == 2, (r.returncode, r.stdout[-500:], r.stderr[-2000:])
@@ -62,10 +64,10 @@ def test_corrupt_onnx(cli, tmp_path):
     assert not (tmp_path / "q.onnx").exists()
 
 
-def test_empty_data_dir(cli, tmp_path, r20_onnx):
+def test_empty_data_dir(cli, tmp_path, random_r20_onnx):
     empty = tmp_path / "empty"
     empty.mkdir()
-    r = cli("quantize", r20_onnx, "--calib", empty, "--out", tmp_path / "q.onnx")
+    r = cli("quantize", random_r20_onnx, "--calib", empty, "--out", tmp_path / "q.onnx")
     _one_line_error(r, "no images")
     assert not (tmp_path / "q.onnx").exists()
 
@@ -75,13 +77,13 @@ def test_missing_bundle(cli, tmp_path):
     _one_line_error(r, "does not exist")
 
 
-def test_int8_without_calibration(cli, trained_r20, tmp_path):
-    r = cli("compile", trained_r20, "--target", "x86-64", "--precision", "int8", "--out", tmp_path / "b")
+def test_int8_without_calibration(cli, random_r20, tmp_path):
+    r = cli("compile", random_r20, "--target", "x86-64", "--precision", "int8", "--out", tmp_path / "b")
     _one_line_error(r, "--calib")
 
 
-def test_precision_not_supported_by_target(cli, trained_r20, tmp_path):
-    r = cli("compile", trained_r20, "--target", "x86-64", "--precision", "fp16", "--out", tmp_path / "b")
+def test_precision_not_supported_by_target(cli, random_r20, tmp_path):
+    r = cli("compile", random_r20, "--target", "x86-64", "--precision", "fp16", "--out", tmp_path / "b")
     _one_line_error(r, "does not support fp16")
 
 
