@@ -5,6 +5,7 @@
 ``random_r20`` / ``random_r20_onnx``  ResNet-20 with random weights as an edgeres checkpoint and its ONNX
                                  (seconds: for tests that fail, or measure, before weights matter).
 ``built_wheel``                  the edgeres wheel, built once per session.
+``cli`` / ``cli_main``           the ``edgeres`` command in a subprocess / in this process.
 """
 
 from __future__ import annotations
@@ -100,6 +101,32 @@ def _run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subpr
 def cli():
     """``cli(*args)`` runs ``python -m edgeres ARGS`` in a subprocess, as a user would."""
     return _run_cli
+
+
+@pytest.fixture()
+def cli_main(capsys, monkeypatch):
+    """``cli_main(*args)`` runs ``edgeres.cli.main(ARGS)`` in this process -- the command's whole path,
+    error formatting and exit code included, without the ~2.5 s interpreter and torch start-up of
+    ``cli``. Returns a CompletedProcess (returncode, stdout, stderr). Python warnings go to pytest's
+    warning capture, not to ``stderr``; tests of warning text use ``cli``."""
+    import warnings
+
+    from edgeres.cli import main
+
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # main() replaces it
+
+    def run(*args: object) -> subprocess.CompletedProcess:
+        capsys.readouterr()
+        code = 0
+        try:
+            main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), code, captured.out, captured.err)
+
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -318,7 +318,6 @@ def test_cpp_template_is_shipped_and_uses_the_tensorrt_runtime(tmp_path):
     assert len(files) == 3
 
 
-@pytest.mark.slow
 def test_wheel_carries_the_cpp_template(built_wheel):
     """The session's wheel (built once, see tests/conftest.py) holds every file of the TensorRT template."""
     names = zipfile.ZipFile(built_wheel).namelist()

@@ -9,7 +9,6 @@ import tomllib
 import zipfile
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = {backend: ROOT / "edgeres" / "backends" / backend / "cpp_template" for backend in ("tvm", "tensorrt")}
@@ -50,7 +49,6 @@ def _template_files(backend: str) -> dict[str, str]:
             for p in sorted(TEMPLATES[backend].iterdir()) if p.is_file()}
 
 
-@pytest.mark.slow
 def test_wheel_ships_targets_and_templates(built_wheel, tmp_path):
     names = set(zipfile.ZipFile(built_wheel).namelist())
     tomls = {Path(n).name for n in names if n.startswith("edgeres/_targets/") and n.endswith(".toml")}
