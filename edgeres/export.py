@@ -82,9 +82,10 @@ def onnx_source(path: str | os.PathLike, preprocessing: Preprocessing | None = N
         out_dim = model.graph.output[0].type.tensor_type.shape.dim
         n = out_dim[-1].dim_value if out_dim and out_dim[-1].HasField("dim_value") else 0
         pre = pre.with_classes([str(i) for i in range(n)])
+        classes = f" and class names 0..{n - 1}" if n else ""
         warnings.warn(
-            f"{path} carries no edgeres preprocessing; assuming ImageNet mean/std at {h}x{w} and class names "
-            f"0..{max(n - 1, 0)}. If that is wrong, record the model's preprocessing in the file with "
+            f"{path} carries no edgeres preprocessing; assuming ImageNet mean/std at {h}x{w}{classes}. If that is "
+            "wrong, record the model's preprocessing in the file with "
             "edgeres.preprocessing.write_onnx_preprocessing (README: Preprocessing travels with the model).",
             stacklevel=2,
         )

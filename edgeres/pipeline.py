@@ -143,13 +143,8 @@ def compile_bundle(
         artifact, recipe = _compile_stage(backend, tgt, prec, deploy_onnx, tmp, out, pre, backend_options,
                                           timings, notes, log)
         backend.write_app_example(tmp)
-        report = None
-        if val_ds is not None:
-            t = time.perf_counter()
-            report = _validate(tmp / FP32_ONNX, deploy_onnx, artifact, backend, val_ds, threshold,
-                               {"model": model_name, "target": tgt.name, "precision": prec, "data": str(val)})
-            report.write(tmp / REPORT)
-            timings["validate"] = time.perf_counter() - t
+        context = {"model": model_name, "target": tgt.name, "precision": prec, "data": str(val)}
+        report = _validate_into(tmp, deploy_onnx, artifact, backend, val_ds, threshold, context, timings)
         write_manifest(tmp, {
             "model": {"name": model_name, **export_info},
             "target": tgt.to_dict(),
@@ -216,6 +211,18 @@ def _compile_stage(backend: Any, tgt: Target, prec: str, deploy_onnx: Path, tmp:
     write_json(tmp / RECIPE, recipe)
     notes.append(f"engine not built here ({why})")
     return None, recipe
+
+
+def _validate_into(tmp: Path, deploy_onnx: Path, artifact: Any, backend: Any, val_ds: Any, max_drop: float | None,
+                   context: dict[str, Any], timings: dict[str, float]) -> AccuracyReport | None:
+    """Validate the bundle being written (when there are validation images) and write its report."""
+    if val_ds is None:
+        return None
+    t = time.perf_counter()
+    report = _validate(tmp / FP32_ONNX, deploy_onnx, artifact, backend, val_ds, max_drop, context)
+    report.write(tmp / REPORT)
+    timings["validate"] = time.perf_counter() - t
+    return report
 
 
 def _validation_record(report: AccuracyReport | None, data: str | None) -> dict[str, Any] | None:
