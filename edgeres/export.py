@@ -40,10 +40,6 @@ class ExportResult:
     preprocessing: Preprocessing
     model_name: str
 
-    @property
-    def relative_diff(self) -> float:
-        return self.max_abs_diff / max(self.logit_scale, 1.0)
-
 
 @dataclass(frozen=True)
 class OnnxSource:
@@ -52,18 +48,6 @@ class OnnxSource:
     path: Path
     preprocessing: Preprocessing
     model_name: str
-
-
-def load_onnx(path: str | os.PathLike) -> Any:
-    """Load and check an ONNX classifier file; one-line InputError when missing, corrupt or not one."""
-    from edgeres.onnx_io import graph_io, load_model
-
-    model = load_model(path, check=True)
-    io = graph_io(model)
-    if len(io.inputs) != 1 or len(io.outputs) != 1:
-        raise InputError(f"{path} must have one image input and one logits output; it has "
-                         f"{len(io.inputs)} inputs and {len(io.outputs)} outputs")
-    return model
 
 
 def onnx_input_info(model: Any) -> tuple[str, list[int | str]]:
@@ -80,13 +64,16 @@ def onnx_input_info(model: Any) -> tuple[str, list[int | str]]:
 def onnx_source(path: str | os.PathLike, preprocessing: Preprocessing | None = None) -> OnnxSource:
     """An existing ONNX file as a model source. Without edgeres metadata, ImageNet
     preprocessing at the file's input size is assumed (with a warning) unless given."""
-    model = load_onnx(path)
+    from edgeres.onnx_io import load_classifier
+
+    model = load_classifier(path)
     _, dims = onnx_input_info(model)
     pre = preprocessing or read_onnx_preprocessing(model)
     if pre is None:
         h, w = dims[2], dims[3]
         if not isinstance(h, int) or not isinstance(w, int):
-            raise InputError(f"{path} has a dynamic image size and no edgeres metadata; pass --input-size H,W")
+            raise InputError(f"{path} has a dynamic image size and no edgeres metadata; export it with a fixed "
+                             "input height and width")
         from edgeres.preprocessing import imagenet_preprocessing
 
         pre = imagenet_preprocessing(h)
@@ -95,9 +82,11 @@ def onnx_source(path: str | os.PathLike, preprocessing: Preprocessing | None = N
         out_dim = model.graph.output[0].type.tensor_type.shape.dim
         n = out_dim[-1].dim_value if out_dim and out_dim[-1].HasField("dim_value") else 0
         pre = pre.with_classes([str(i) for i in range(n)])
+        classes = f" and class names 0..{n - 1}" if n else ""
         warnings.warn(
-            f"{path} carries no edgeres preprocessing; assuming ImageNet mean/std at {h}x{w}. "
-            "Pass --mean/--std/--resize/--labels if that is wrong.",
+            f"{path} carries no edgeres preprocessing; assuming ImageNet mean/std at {h}x{w}{classes}. If that is "
+            "wrong, record the model's preprocessing in the file with "
+            "edgeres.preprocessing.write_onnx_preprocessing (README: Preprocessing travels with the model).",
             stacklevel=2,
         )
     name = "onnx"
