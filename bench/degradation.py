@@ -28,7 +28,7 @@ MODELS = ("plain20", "plain56", "resnet20", "resnet56")
 
 def run(models: list[str], data: str, epochs: int, batch_size: int, lr: float, out: Path, seed: int) -> dict:
     """Train each model with identical settings; returns per-model curves and final errors."""
-    from edgeres.train import train
+    from edgeres.training import train
 
     results: dict[str, dict] = {}
     for name in models:

@@ -37,7 +37,7 @@ def log(msg: str) -> None:
 
 
 def train_r20(out: Path, epochs: int, per_class: int) -> Path:
-    from edgeres.train import train
+    from edgeres.training import train
 
     res = train("resnet20", f"builtin:{per_class}", out, recipe="quick", epochs=epochs, progress=False, log=log)
     log(f"resnet20: val top-1 {res.best_val_top1:.3f} after {res.epochs_run} epochs ({res.seconds:.0f} s)")

@@ -25,7 +25,7 @@ import numpy as np
 
 
 def median_ms(fn, x, repeats: int, max_seconds: float) -> float:
-    from edgeres.bench import time_runner
+    from edgeres.latency import time_runner
 
     return statistics.median(time_runner(fn, x, repeats=repeats, max_seconds=max_seconds))
 

@@ -141,5 +141,5 @@ def load_bundle(path: str | os.PathLike, *, verify: bool = True) -> Bundle:
                 raise InputError(f"bundle {root} is incomplete: {rel} is missing; rebuild it with `edgeres compile`")
             if sha256_file(p) != digest:
                 raise InputError(f"bundle {root} is modified: {rel} does not match its sha256 in the manifest; "
-                                 "rebuild it, or pass --no-verify if you changed it on purpose")
+                                 "rebuild it with `edgeres compile` (a bundle runs only the files it was built with)")
     return Bundle(root, manifest)

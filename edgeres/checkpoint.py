@@ -1,31 +1,22 @@
-"""edgeres checkpoints: weights plus what is needed to rebuild and preprocess.
+"""edgeres checkpoints as models: :func:`load_checkpoint` rebuilds the zoo model a checkpoint describes.
 
-A checkpoint is a ``torch.save``-d dict (loadable with ``weights_only=True``)::
-
-    {"format": "edgeres.checkpoint/1", "model": "resnet20", "model_kwargs": {...},
-     "num_classes": 10, "preprocessing": {...}, "state_dict": {...},
-     "edgeres_version": "0.1.0", "meta": {...}}
-
-``meta`` is free-form (training config, epoch, metrics). Training state for resume
-(optimizer, scheduler, RNG) lives under ``"train_state"`` and is ignored here.
+The file format (and :func:`save_checkpoint`, :func:`read_checkpoint_file`,
+:func:`is_edgeres_checkpoint`, re-exported here) is :mod:`edgeres.checkpoint_file`, which
+the weight loaders of :mod:`edgeres.models.weights` use without depending on this module.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
-import re
-import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from edgeres import __version__
+from edgeres.checkpoint_file import FORMAT, is_edgeres_checkpoint, read_checkpoint_file, save_checkpoint
 from edgeres.errors import InputError
-from edgeres.fileio import atomic_path
 from edgeres.preprocessing import Preprocessing
 
-FORMAT = "edgeres.checkpoint/1"
+__all__ = ["FORMAT", "LoadedModel", "is_edgeres_checkpoint", "load_checkpoint", "read_checkpoint_file",
+           "save_checkpoint"]
 
 
 @dataclass
@@ -38,65 +29,6 @@ class LoadedModel:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     source: str = ""
-
-
-def save_checkpoint(
-    path: str | os.PathLike,
-    model: Any,
-    name: str,
-    preprocessing: Preprocessing,
-    *,
-    model_kwargs: dict[str, Any] | None = None,
-    meta: dict[str, Any] | None = None,
-    train_state: dict[str, Any] | None = None,
-) -> Path:
-    """Write an edgeres checkpoint atomically."""
-    import torch
-
-    module = getattr(model, "module", model)  # unwrap DistributedDataParallel
-    record: dict[str, Any] = {
-        "format": FORMAT,
-        "model": name,
-        "model_kwargs": dict(model_kwargs or {}),
-        "num_classes": len(preprocessing.class_names) or None,
-        "preprocessing": preprocessing.to_dict(),
-        "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
-        "edgeres_version": __version__,
-        "meta": dict(meta or {}),
-    }
-    if train_state is not None:
-        record["train_state"] = train_state
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(record, tmp)
-    return path
-
-
-def read_checkpoint_file(path: str | os.PathLike) -> Any:
-    """``torch.load(weights_only=True)`` with a one-line error for missing, corrupt or unsafe files."""
-    import torch
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"checkpoint {path} does not exist; check the path")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        text = str(e)
-        m = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-        if m:
-            raise InputError(
-                f"checkpoint {path} holds a pickled object ({m.group(1)}) that edgeres refuses to unpickle "
-                "(weights_only=True); save only the state_dict and plain data"
-            ) from e
-        raise InputError(f"checkpoint {path} is corrupt or not a PyTorch file (unpickling failed)") from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"checkpoint {path} is corrupt or not a PyTorch file ({first[:160]})") from e
-
-
-def is_edgeres_checkpoint(obj: Any) -> bool:
-    return isinstance(obj, dict) and obj.get("format") == FORMAT
 
 
 def load_checkpoint(path: str | os.PathLike) -> LoadedModel:

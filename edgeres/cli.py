@@ -8,7 +8,6 @@ its traceback.
 
 from __future__ import annotations
 
-import json
 import sys
 import warnings
 from pathlib import Path
@@ -72,7 +71,7 @@ def train(
                              "a CIFAR batch dir, a .npz, or 'builtin'."),
     out: Path = typer.Option(..., "--out", help="Checkpoint file (.pt) or directory (best.pt + last.pt)."),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="quick (default) | cifar-paper | imagenet-paper | "
-                                         "finetune | a .toml file. Not with --resume."),
+                                         "finetune | a .toml file. With --resume: optional, must match the run's."),
     epochs: Optional[int] = typer.Option(None, "--epochs"),
     iterations: Optional[int] = typer.Option(None, "--iterations", help="Stop after this many optimizer steps."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="GLOBAL batch per step (split over --nproc/torchrun processes)."),
@@ -104,7 +103,7 @@ def train(
         err.print(f"launching: {' '.join(cmd)}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(subprocess.run(cmd).returncode)
 
-    from edgeres.train import train as train_fn
+    from edgeres.training import train as train_fn
 
     res = train_fn(model, data, out, recipe=recipe, epochs=epochs, iterations=iterations, batch_size=batch_size,
                    lr=lr, weight_decay=weight_decay, num_workers=workers, seed=seed,
@@ -274,7 +273,7 @@ def bench(
                                             "JSON; `edgeres report` shows them."),
 ):
     """Median latency of the bundle's artifact beside ONNX Runtime / PyTorch."""
-    from edgeres.bench import measure_latency, write_latency
+    from edgeres.latency import measure_latency, write_latency
 
     peers = ["artifact"]
     for v in vs or ["onnxruntime"]:

@@ -20,9 +20,9 @@ def register(app: typer.Typer, console) -> None:  # noqa: ANN001
         option: Optional[List[str]] = typer.Option(None, "--option", help="Builder option key=value (dla_core=0, workspace_mb=1024)."),
     ):
         """On the device: build the bundle's TensorRT engine with the installed TensorRT and record it."""
-        from edgeres.backends.tensorrt.device_build import build_engine
+        from edgeres.backends.tensorrt.device_build import build_bundle_engine
 
-        b, report = build_engine(bundle, options=parse_options(option), data=data, max_drop=max_drop, limit=limit)
+        b, report = build_bundle_engine(bundle, options=parse_options(option), data=data, max_drop=max_drop, limit=limit)
         art = b.manifest["artifact"]
         console.print(f"[green]engine[/green] {b.root}/artifact/{art['file']} "
                       f"(TensorRT {art['info'].get('tensorrt_version', '?')}, {art['compile_seconds']:.1f} s)")

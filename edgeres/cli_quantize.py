@@ -11,6 +11,12 @@ from edgeres.errors import UsageError
 
 
 def register(app: typer.Typer, console) -> None:  # noqa: ANN001
+    """Add ``quantize`` and ``sensitivity`` to ``app``."""
+    _register_quantize(app, console)
+    _register_sensitivity(app, console)
+
+
+def _register_quantize(app: typer.Typer, console) -> None:  # noqa: ANN001
     @app.command()
     def quantize(
         onnx_path: Path = typer.Argument(..., metavar="ONNX", help="FP32 ONNX model exported by edgeres."),
@@ -57,6 +63,7 @@ def register(app: typer.Typer, console) -> None:  # noqa: ANN001
                           f"kept in FP32: {', '.join(fb['layers']) or 'none'}")
 
 
+def _register_sensitivity(app: typer.Typer, console) -> None:  # noqa: ANN001
     @app.command()
     def sensitivity(
         onnx_path: Path = typer.Argument(..., metavar="ONNX", help="FP32 ONNX model exported by edgeres."),

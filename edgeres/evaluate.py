@@ -158,17 +158,3 @@ class _ClassCounts:
         if not self.conf_ref.size:
             return None
         return {"reference": self.conf_ref.tolist(), "artifact": self.conf_art.tolist()}
-
-
-def accuracy(runner: Runner, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> TopK:
-    """Top-1/top-5 of one runner."""
-    n = h1 = h5 = 0
-    for x, y in batches:
-        y = np.asarray(y, dtype=np.int64)
-        logits = np.asarray(runner(x))
-        h1 += int(topk_hits(logits, y, 1).sum())
-        h5 += int(topk_hits(logits, y, 5).sum())
-        n += len(y)
-    if n == 0:
-        raise InputError("no images to evaluate")
-    return TopK(h1 / n, h5 / n)

@@ -42,10 +42,6 @@ class ExportResult:
     model_name: str
     task: Task = Task()
 
-    @property
-    def relative_diff(self) -> float:
-        return self.max_abs_diff / max(self.logit_scale, 1.0)
-
 
 @dataclass(frozen=True)
 class OnnxSource:
@@ -55,16 +51,6 @@ class OnnxSource:
     preprocessing: Preprocessing
     model_name: str
     task: Task = Task()
-
-
-def load_onnx(path: str | os.PathLike, task: str | None = None) -> Any:
-    """Load and check an ONNX file; one-line InputError when missing, corrupt or not a model of
-    ``task`` (default: as its ``edgeres.task`` metadata says, else a classifier)."""
-    from edgeres.onnx_io import load_model
-
-    model = load_model(path, check=True)
-    check_onnx_task(model, path, resolve_onnx_task(model, path, task).kind)
-    return model
 
 
 def resolve_onnx_task(model: Any, path: str | os.PathLike, task: str | None) -> Task:
@@ -126,7 +112,8 @@ def onnx_source(path: str | os.PathLike, preprocessing: Preprocessing | None = N
     if pre is None:
         h, w = dims[2], dims[3]
         if not isinstance(h, int) or not isinstance(w, int):
-            raise InputError(f"{path} has a dynamic image size and no edgeres metadata; pass --input-size H,W")
+            raise InputError(f"{path} has a dynamic image size and no edgeres metadata; export it with a fixed "
+                             "input height and width")
         from edgeres.preprocessing import imagenet_preprocessing
 
         pre = imagenet_preprocessing(h)
@@ -134,10 +121,13 @@ def onnx_source(path: str | os.PathLike, preprocessing: Preprocessing | None = N
             pre = Preprocessing(input_size=(h, w), resize=pre.resize, mean=pre.mean, std=pre.std)
         out_dim = model.graph.output[0].type.tensor_type.shape.dim
         n = out_dim[-1].dim_value if out_dim and out_dim[-1].HasField("dim_value") else 0
-        pre = pre.with_classes([str(i) for i in range(n)] if not tsk.is_features else [])
+        n = 0 if tsk.is_features else n  # a backbone has no classes
+        pre = pre.with_classes([str(i) for i in range(n)])
+        classes = f" and class names 0..{n - 1}" if n else ""
         warnings.warn(
-            f"{path} carries no edgeres preprocessing; assuming ImageNet mean/std at {h}x{w}. "
-            "Pass --mean/--std/--resize/--labels if that is wrong.",
+            f"{path} carries no edgeres preprocessing; assuming ImageNet mean/std at {h}x{w}{classes}. If that is "
+            "wrong, record the model's preprocessing in the file with "
+            "edgeres.preprocessing.write_onnx_preprocessing (README: Preprocessing travels with the model).",
             stacklevel=2,
         )
     name = "onnx"

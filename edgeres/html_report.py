@@ -79,7 +79,7 @@ def gather(bundle: str | os.PathLike | Bundle, *, data: str | None = None, limit
     else:
         report, source = None, ""
     if bench:
-        from edgeres.bench import cpu_name, measure_latency
+        from edgeres.latency import cpu_name, measure_latency
 
         med = measure_latency(b.root, LATENCY_PEERS, repeats=repeats)
         bench_rec = {"median_ms": med, "cpu": cpu_name(), "batch_size": 1, "repeats": repeats,

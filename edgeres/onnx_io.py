@@ -110,6 +110,16 @@ def graph_io(model: Any) -> GraphIO:
                    tuple(spec(v) for v in model.graph.output))
 
 
+def load_classifier(path: str | os.PathLike) -> Any:
+    """:func:`load_model` (checked) of a classifier: one image input and one logits output, else InputError."""
+    model = load_model(path, check=True)
+    io = graph_io(model)
+    if len(io.inputs) != 1 or len(io.outputs) != 1:
+        raise InputError(f"{path} must have one image input and one logits output; it has "
+                         f"{len(io.inputs)} inputs and {len(io.outputs)} outputs")
+    return model
+
+
 def image_input(model: Any, label: str = "the model", *, static_chw: bool = False) -> TensorSpec:
     """The model's one NCHW image input; InputError naming ``label`` otherwise.
 

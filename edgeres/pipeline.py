@@ -15,7 +15,7 @@ from typing import Any, Callable
 from edgeres.bundle import (
     ARTIFACT_DIR, CALIB_CACHE, FP32_ONNX, INT8_ONNX, LABELS, REPORT, Bundle, load_bundle, write_manifest,
 )
-from edgeres.errors import AccuracyRegression, CompileError, UsageError
+from edgeres.errors import AccuracyRegression, UsageError
 from edgeres.evaluate import AccuracyReport, compare
 from edgeres.fileio import atomic_dir, sha256_file, write_json
 from edgeres.preprocessing import Preprocessing
@@ -78,12 +78,13 @@ def export_stage(source: Any, dest: Path, preprocessing: Preprocessing | None = 
     if isinstance(source, OnnxSource):
         import onnx
 
+        from edgeres.onnx_io import load_model
         from edgeres.preprocessing import write_onnx_preprocessing
 
         if features is not None:
             raise UsageError("--features selects stages of a checkpoint or zoo model; an ONNX file's outputs are "
                              "already fixed (pass the file with --task features)")
-        proto = onnx.load(str(source.path))
+        proto = load_model(source.path)
         write_onnx_preprocessing(proto, source.preprocessing)
         write_onnx_task(proto, source.task)
         onnx.save(proto, str(dest))
@@ -130,18 +131,8 @@ def compile_bundle(
     stage outputs ``features`` (see :mod:`edgeres.task`); ``val`` then needs images only and the
     gate is ``min_cosine`` per output (accuracy-aware fallback needs labels: not applied).
     """
-    from edgeres.backends import get_backend
-    from edgeres.export import resolve_source
-
-    tgt = target if isinstance(target, Target) else get_target(target, targets_dirs)
-    prec = resolve_precision(tgt, precision)
-    backend = get_backend(tgt.backend, require=False)
-    backend.preflight(tgt, prec, backend_options)  # a missing backend fails here, before any work
-    if features is not None and check_task(task) != "features":
-        raise UsageError("--features needs --task features")
-    src = resolve_source(source, weights, task=task)
-    if prec == "int8" and not calib and not calib_cache:
-        raise UsageError("--precision int8 needs calibration images: pass --calib DIR (or --calib-cache FILE)")
+    tgt, prec, backend, src = _preflight(source, target, precision, weights, calib, calib_cache, backend_options,
+                                         targets_dirs, task=task, features=features)
     out = Path(out)
     threshold = max_drop if max_drop is not None else tgt.max_drop
     timings: dict[str, float] = {}
@@ -162,33 +153,14 @@ def compile_bundle(
                                         max_drop=threshold, log=log)
             deploy_onnx = tmp / INT8_ONNX
             timings["quantize"] = time.perf_counter() - t
-            fb = quant_info["fallback"]
-            log(f"quantized INT8 ({method}, {tgt.qdq_form} form) in {timings['quantize']:.1f} s"
-                + (f"; {len(fb['layers'])} layer(s) kept in {fb['precision']} to meet --max-drop {threshold}"
-                   if fb and fb["layers"] else ""))
+            _log_quantized(log, method, quant_info, tgt, timings["quantize"], threshold)
         conformance = backend.check_deploy_model(deploy_onnx, prec)
-        t = time.perf_counter()
-        artifact, recipe = None, None
-        buildable, why = backend.buildable_here(tgt, backend_options, bundle=str(out))
-        if buildable:
-            artifact = backend.compile(deploy_onnx, tgt, tmp / ARTIFACT_DIR, precision=prec, options=backend_options)
-            timings["compile"] = time.perf_counter() - t
-            log(f"compiled with {tgt.backend} in {timings['compile']:.1f} s"
-                + (f"; {artifact.info['int8_note']}" if artifact.info.get("int8_note") else ""))
-        else:
-            recipe = backend.build_recipe(tgt, prec, deploy_onnx.name, input_chw=(3, *pre.input_size),
-                                          options=backend_options, bundle=str(out))
-            write_json(tmp / RECIPE, recipe)
-            notes.append(f"engine not built here ({why})")
+        artifact, recipe = _compile_stage(backend, tgt, prec, deploy_onnx, tmp, out, pre, backend_options,
+                                          timings, notes, log)
         backend.write_app_example(tmp)
-        report = None
-        if val_ds is not None:
-            t = time.perf_counter()
-            report = _validate(tmp / FP32_ONNX, deploy_onnx, artifact, backend, val_ds, threshold,
-                               {"model": model_name, "target": tgt.name, "precision": prec, "data": str(val)},
-                               task=task_rec, min_cosine=min_cosine)
-            report.write(tmp / REPORT)
-            timings["validate"] = time.perf_counter() - t
+        context = {"model": model_name, "target": tgt.name, "precision": prec, "data": str(val)}
+        report = _validate_into(tmp, deploy_onnx, artifact, backend, val_ds, threshold, context, timings,
+                                task=task_rec, min_cosine=min_cosine)
         write_manifest(tmp, {
             "model": {"name": model_name, **export_info},
             "task": task_rec.to_dict(),
@@ -230,6 +202,67 @@ def regression_message(report: Any, out: Path) -> str:
     w = report.worst
     return (f"feature output {w.name} has mean cosine {w.mean_cosine:.4f} against FP32, below --min-cosine "
             f"{report.min_cosine}; bundle written to {out} with the failing report — {hint}")
+
+
+def _preflight(source: str, target: str | Target, precision: str | None, weights: str | None, calib: str | None,
+               calib_cache: str | os.PathLike | None, backend_options: dict[str, Any] | None,
+               targets_dirs: tuple[str, ...], *, task: str | None = None,
+               features: Any = None) -> tuple[Target, str, Any, Any]:
+    """(target, precision, backend, model source): everything checked that needs no work."""
+    from edgeres.backends import get_backend
+    from edgeres.export import resolve_source
+
+    tgt = target if isinstance(target, Target) else get_target(target, targets_dirs)
+    prec = resolve_precision(tgt, precision)
+    backend = get_backend(tgt.backend, require=False)
+    backend.preflight(tgt, prec, backend_options)  # a missing backend fails here, before any work
+    if features is not None and check_task(task) != "features":
+        raise UsageError("--features needs --task features")
+    src = resolve_source(source, weights, task=task)
+    if prec == "int8" and not calib and not calib_cache:
+        raise UsageError("--precision int8 needs calibration images: pass --calib DIR (or --calib-cache FILE)")
+    return tgt, prec, backend, src
+
+
+def _log_quantized(log: Callable[[str], None], method: str, quant_info: dict[str, Any], tgt: Target,
+                   seconds: float, threshold: float | None) -> None:
+    fb = quant_info["fallback"]
+    log(f"quantized INT8 ({method}, {tgt.qdq_form} form) in {seconds:.1f} s"
+        + (f"; {len(fb['layers'])} layer(s) kept in {fb['precision']} to meet --max-drop {threshold}"
+           if fb and fb["layers"] else ""))
+
+
+def _compile_stage(backend: Any, tgt: Target, prec: str, deploy_onnx: Path, tmp: Path, out: Path,
+                   pre: Preprocessing, backend_options: dict[str, Any] | None, timings: dict[str, float],
+                   notes: list[str], log: Callable[[str], None]) -> tuple[Any, dict[str, Any] | None]:
+    """(artifact, None) when this machine can build for ``tgt``; else (None, the device-build recipe)."""
+    t = time.perf_counter()
+    buildable, why = backend.buildable_here(tgt, backend_options, bundle=str(out))
+    if buildable:
+        artifact = backend.compile(deploy_onnx, tgt, tmp / ARTIFACT_DIR, precision=prec, options=backend_options)
+        timings["compile"] = time.perf_counter() - t
+        log(f"compiled with {tgt.backend} in {timings['compile']:.1f} s"
+            + (f"; {artifact.info['int8_note']}" if artifact.info.get("int8_note") else ""))
+        return artifact, None
+    recipe = backend.build_recipe(tgt, prec, deploy_onnx.name, input_chw=(3, *pre.input_size),
+                                  options=backend_options, bundle=str(out))
+    write_json(tmp / RECIPE, recipe)
+    notes.append(f"engine not built here ({why})")
+    return None, recipe
+
+
+def _validate_into(tmp: Path, deploy_onnx: Path, artifact: Any, backend: Any, val_ds: Any, max_drop: float | None,
+                   context: dict[str, Any], timings: dict[str, float], *, task: Task | None = None,
+                   min_cosine: float | None = None) -> Any:
+    """Validate the bundle being written (when there are validation images) and write its report."""
+    if val_ds is None:
+        return None
+    t = time.perf_counter()
+    report = _validate(tmp / FP32_ONNX, deploy_onnx, artifact, backend, val_ds, max_drop, context, task=task,
+                       min_cosine=min_cosine)
+    report.write(tmp / REPORT)
+    timings["validate"] = time.perf_counter() - t
+    return report
 
 
 def _quantize_into(tmp: Path, tgt: Target, pre: Preprocessing, *, calib: str | None,

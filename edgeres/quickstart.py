@@ -33,9 +33,9 @@ def run_quickstart(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> QuickstartResult:
-    from edgeres.bench import measure_latency
+    from edgeres.latency import measure_latency
     from edgeres.pipeline import compile_bundle
-    from edgeres.train import train
+    from edgeres.training import train
 
     workdir = Path(workdir)
     timings: dict[str, float] = {}

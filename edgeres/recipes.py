@@ -1,6 +1,6 @@
 """Training recipes as data: a frozen :class:`TrainConfig` per named recipe.
 
-A recipe fixes every hyper-parameter of a run; the CLI and :func:`edgeres.train.train`
+A recipe fixes every hyper-parameter of a run; the CLI and :func:`edgeres.training.train`
 override single fields (``None`` keeps the recipe's value) through
 :func:`resolve_config`. A recipe can also be a TOML file whose top-level keys (or
 ``[train]`` table) are :class:`TrainConfig` fields, optionally with ``base = "quick"``

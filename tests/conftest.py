@@ -1,8 +1,17 @@
-"""Shared fixtures: a real ResNet-20 trained for a few epochs on the built-in data, and its ONNX."""
+"""Shared fixtures.
+
+``trained_r20`` / ``r20_onnx``   a real ResNet-20 trained for a few epochs on the built-in data, and its
+                                 ONNX (~40 s of training: for tests whose numbers depend on real weights).
+``random_r20`` / ``random_r20_onnx``  ResNet-20 with random weights as an edgeres checkpoint and its ONNX
+                                 (seconds: for tests that fail, or measure, before weights matter).
+``built_wheel``                  the edgeres wheel, built once per session.
+``cli`` / ``cli_main``           the ``edgeres`` command in a subprocess / in this process.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def trained_r20(tmp_path_factory) -> Path:
     """ResNet-20 trained briefly on 'builtin:300' (300 images per class): clearly above chance."""
-    from edgeres.train import train
+    from edgeres.training import train
 
     out = tmp_path_factory.mktemp("r20") / "r20.pt"
     train("resnet20", "builtin:300", out, recipe="quick", epochs=5, progress=False, plot=False)
@@ -30,6 +39,46 @@ def r20_onnx(trained_r20, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("r20onnx") / "r20.fp32.onnx"
     export_onnx(load_checkpoint(trained_r20), out)
     return out
+
+
+@pytest.fixture(scope="session")
+def random_r20(tmp_path_factory) -> Path:
+    """An edgeres checkpoint of ResNet-20 with random weights (the built-in data's classes)."""
+    from edgeres.checkpoint import save_checkpoint
+    from edgeres.export import resolve_source
+
+    loaded = resolve_source("resnet20", "random")
+    out = tmp_path_factory.mktemp("r20random") / "r20-random.pt"
+    return save_checkpoint(out, loaded.model, loaded.name, loaded.preprocessing, model_kwargs=loaded.model_kwargs,
+                           meta=loaded.meta)
+
+
+@pytest.fixture(scope="session")
+def random_r20_onnx(random_r20, tmp_path_factory) -> Path:
+    from edgeres.checkpoint import load_checkpoint
+    from edgeres.export import export_onnx
+
+    out = tmp_path_factory.mktemp("r20randomonnx") / "r20-random.fp32.onnx"
+    export_onnx(load_checkpoint(random_r20), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def built_wheel(tmp_path_factory) -> Path:
+    """The edgeres wheel (``pip wheel``, no build isolation), built once per test session from a copy of
+    the checkout's sources, so nothing is written into the checkout."""
+    pytest.importorskip("setuptools")
+    work = tmp_path_factory.mktemp("wheel")
+    src = work / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    for d in ("edgeres", "targets"):
+        shutil.copytree(ROOT / d, src / d, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                        "-w", str(work / "dist"), str(src)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return next((work / "dist").glob("edgeres-*.whl"))
 
 
 @pytest.fixture(scope="session")
@@ -52,6 +101,32 @@ def _run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subpr
 def cli():
     """``cli(*args)`` runs ``python -m edgeres ARGS`` in a subprocess, as a user would."""
     return _run_cli
+
+
+@pytest.fixture()
+def cli_main(capsys, monkeypatch):
+    """``cli_main(*args)`` runs ``edgeres.cli.main(ARGS)`` in this process -- the command's whole path,
+    error formatting and exit code included, without the ~2.5 s interpreter and torch start-up of
+    ``cli``. Returns a CompletedProcess (returncode, stdout, stderr). Python warnings go to pytest's
+    warning capture, not to ``stderr``; tests of warning text use ``cli``."""
+    import warnings
+
+    from edgeres.cli import main
+
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # main() replaces it
+
+    def run(*args: object) -> subprocess.CompletedProcess:
+        capsys.readouterr()
+        code = 0
+        try:
+            main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), code, captured.out, captured.err)
+
+    return run
 
 
 @pytest.fixture(scope="session")

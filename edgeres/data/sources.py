@@ -13,6 +13,7 @@ Split resolution for a directory ``root`` (see :func:`resolve_split`):
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -110,6 +111,48 @@ def map_labels(
     return out
 
 
+@dataclass(frozen=True)
+class _Source:
+    """What a data spec holds for one split, before labels are mapped to the model's classes."""
+
+    images: np.ndarray | None  # decoded images (builtin, CIFAR, .npz), or None for files
+    paths: Sequence[Path] | None  # image files (a folder), or None
+    labels: np.ndarray
+    class_names: Sequence[str]
+    source: str
+    info: SourceInfo
+    labelled: bool = True
+
+
+def _read_source(text: str, split: str, allow_unlabelled: bool) -> _Source:
+    n_builtin = parse_builtin(text, split)
+    if n_builtin is not None:
+        images, labels = _builtin.generate_readonly(split, n_builtin, BUILTIN_SEED)
+        params = {"split": split, "n_per_class": n_builtin, "seed": BUILTIN_SEED, "generator": _builtin.GENERATOR_VERSION}
+        return _Source(images, None, labels, _builtin.BUILTIN_CLASSES, f"builtin:{split}",
+                       SourceInfo("builtin", params=params))
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise InputError(f"data path {path} does not exist; {_SPEC_HELP}")
+    cifar = find_cifar(path) if path.is_dir() else None
+    if cifar is not None:
+        images, labels, names, files = load_cifar(cifar, split)
+        return _Source(images, None, labels, names, str(cifar.path),
+                       SourceInfo(f"cifar{cifar.variant}", root=cifar.path, files=tuple(files), params={"split": split}))
+    target = resolve_split(path, split) if path.is_dir() else path
+    if target.is_file():
+        if target.suffix.lower() != ".npz":
+            raise InputError(f"{target} is a file, not a data set; {_SPEC_HELP}")
+        images, maybe_labels, names = load_npz(target, allow_unlabelled=allow_unlabelled)
+        labelled = maybe_labels is not None
+        labels = maybe_labels if labelled else np.full(len(images), -1, dtype=np.int64)
+        return _Source(images, None, labels, names, str(target), SourceInfo("npz", root=target.parent, files=(target,)),
+                       labelled)
+    listing = scan_folder(target, allow_unlabelled=allow_unlabelled)
+    return _Source(None, listing.paths, listing.labels, listing.class_names, str(target),
+                   SourceInfo("folder", root=target, params={"labelled": listing.labelled}), listing.labelled)
+
+
 def open_dataset(
     spec: str | os.PathLike,
     split: str,
@@ -133,59 +176,16 @@ def open_dataset(
     """
     if split not in SPLITS:
         raise UsageError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
-    text = os.fspath(spec)
-    images = None
-    paths = None
-    labelled = True
-    n_builtin = parse_builtin(text, split)
-    if n_builtin is not None:
-        images, labels = _builtin.generate_readonly(split, n_builtin, BUILTIN_SEED)
-        names = _builtin.BUILTIN_CLASSES
-        source = f"builtin:{split}"
-        params = {"split": split, "n_per_class": n_builtin, "seed": BUILTIN_SEED, "generator": _builtin.GENERATOR_VERSION}
-        info = SourceInfo("builtin", params=params)
-    else:
-        path = Path(text).expanduser()
-        if not path.exists():
-            raise InputError(f"data path {path} does not exist; {_SPEC_HELP}")
-        cifar = find_cifar(path) if path.is_dir() else None
-        if cifar is not None:
-            images, labels, names, files = load_cifar(cifar, split)
-            source = str(cifar.path)
-            info = SourceInfo(f"cifar{cifar.variant}", root=cifar.path, files=tuple(files), params={"split": split})
-        else:
-            target = resolve_split(path, split) if path.is_dir() else path
-            source = str(target)
-            if target.is_file():
-                if target.suffix.lower() != ".npz":
-                    raise InputError(f"{target} is a file, not a data set; {_SPEC_HELP}")
-                images, maybe_labels, names = load_npz(target, allow_unlabelled=allow_unlabelled)
-                labelled = maybe_labels is not None
-                labels = maybe_labels if labelled else np.full(len(images), -1, dtype=np.int64)
-                info = SourceInfo("npz", root=target.parent, files=(target,))
-            else:
-                listing = scan_folder(target, allow_unlabelled=allow_unlabelled)
-                paths, labels, names, labelled = listing.paths, listing.labels, listing.class_names, listing.labelled
-                info = SourceInfo("folder", root=target, params={"labelled": labelled})
-
+    raw = _read_source(os.fspath(spec), split, allow_unlabelled)
+    labels, names = raw.labels, raw.class_names
     if class_names is not None and len(class_names) > 0:
-        if labelled:
-            labels = map_labels(np.asarray(labels), names, class_names, source)
+        if raw.labelled:
+            labels = map_labels(np.asarray(labels), names, class_names, raw.source)
         names = tuple(str(n) for n in class_names)
-    ds = ImageDataset(
-        images=images,
-        paths=paths,
-        labels=labels,
-        class_names=names,
-        preprocessing=pre,
-        source=source,
-        info=info,
-        labelled=labelled,
-        augment=augment,
-        seed=seed,
-    )
+    ds = ImageDataset(images=raw.images, paths=raw.paths, labels=labels, class_names=names, preprocessing=pre,
+                      source=raw.source, info=raw.info, labelled=raw.labelled, augment=augment, seed=seed)
     if len(ds) == 0:
-        raise InputError(f"{source} holds no images for split '{split}'; {_SPEC_HELP}")
+        raise InputError(f"{raw.source} holds no images for split '{split}'; {_SPEC_HELP}")
     if limit is not None:
         ds = take_balanced(ds, limit, seed)
     return ds

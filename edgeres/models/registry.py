@@ -122,11 +122,6 @@ def get_model_info(name: str) -> ModelInfo:
     return _entry(name).info
 
 
-def model_options(name: str) -> tuple[str, ...]:
-    """The keyword options ``create_model(name, ...)`` accepts besides ``num_classes``."""
-    return _entry(name).options
-
-
 def list_models(pattern: str | None = None) -> list[ModelInfo]:
     """Registered models, optionally filtered by an fnmatch ``pattern`` (e.g. ``'resnet*'``).
 

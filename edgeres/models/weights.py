@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from edgeres.checkpoint import is_edgeres_checkpoint, read_checkpoint_file
+from edgeres.checkpoint_file import is_edgeres_checkpoint, read_checkpoint_file
 from edgeres.errors import InputError
 
 HEAD_PREFIX = "fc."

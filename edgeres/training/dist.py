@@ -7,7 +7,7 @@ them is a single process. :func:`start` joins the process group (NCCL for CUDA,
 gloo for CPU); the other helpers are no-ops in a single process, so the trainer
 calls them unconditionally.
 
-Conventions of a distributed run (see :func:`edgeres.train.train`): ``batch_size`` is
+Conventions of a distributed run (see :func:`edgeres.training.train`): ``batch_size`` is
 the *global* batch, split evenly over the ranks; metrics are summed over ranks; only
 rank 0 prints and writes files.
 """

@@ -109,7 +109,7 @@ class ResumeState:
 
 
 def read_resume(path: str | os.PathLike, model_name: str) -> ResumeState:
-    """Read and check a resumable checkpoint written by :func:`edgeres.train.train`."""
+    """Read and check a resumable checkpoint written by :func:`edgeres.training.train`."""
     from edgeres.checkpoint import is_edgeres_checkpoint, read_checkpoint_file
 
     path = Path(path)

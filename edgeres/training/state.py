@@ -103,11 +103,6 @@ def write_curves(paths: OutputPaths, history: list[EpochRecord], title: str = ""
     return None
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """The shuffling seed of 0-based ``epoch``: a function of (seed, epoch) only, so resume needs no state."""
-    return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
 def capture_rng() -> dict[str, Any]:
     """The global RNG states (torch CPU/CUDA, numpy, random) as weights_only-loadable data."""
     import torch

@@ -1,8 +1,7 @@
 """Shared models for the backend tests: small real networks exported to ONNX once per session.
 
 ``r20_untrained_onnx``  CIFAR ResNet-20 (edgeres.models, random weights and BatchNorm
-                        statistics) at 32x32 with a dynamic batch ``N``; a local ResNet-like
-                        net stands in if edgeres.models is missing.
+                        statistics) at 32x32 with a dynamic batch ``N``.
 ``r20_untrained_qdq``   the same model quantized by ONNX Runtime (Q/DQ, uint8 activations,
                         int8 weights, QuantizeBias False).
 ``tiny_onnx``           a two-block residual CNN at 16x16 (fast TVM compiles); ``tiny_qdq``
@@ -68,13 +67,11 @@ def images(n: int, hw: int, seed: int = 0) -> np.ndarray:
 
 
 def _resnet20() -> nn.Module:
-    torch.manual_seed(0)
-    try:
-        from edgeres.models import create_model
+    """The zoo's ResNet-20; a broken model zoo fails the tests that use it (no stand-in model)."""
+    from edgeres.models import create_model
 
-        return create_model("resnet20")
-    except Exception:  # noqa: BLE001 - models package absent or changed: a local stand-in
-        return TinyResNet(width=16)
+    torch.manual_seed(0)
+    return create_model("resnet20")
 
 
 @pytest.fixture(scope="session")

@@ -65,22 +65,22 @@ def test_tensorrt_form_is_symmetric_int8_without_bias_dq(jetson_bundle):
 
 def test_build_engine_here_says_where_to_build(jetson_bundle, cli):
     out, _ = jetson_bundle
-    from edgeres.backends.tensorrt.device_build import build_engine
+    from edgeres.backends.tensorrt.device_build import build_bundle_engine
 
     with pytest.raises(BackendUnavailable, match="cannot build the engine here"):
-        build_engine(out)
+        build_bundle_engine(out)
     r = cli("build-engine", out)
     assert r.returncode == 2 and "cannot build the engine here" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_build_engine_refuses_a_tvm_bundle(trained_r20, tmp_path):
-    from edgeres.backends.tensorrt.device_build import build_engine
+    from edgeres.backends.tensorrt.device_build import build_bundle_engine
     from edgeres.pipeline import compile_bundle
 
     out = tmp_path / "ort"
     compile_bundle(str(trained_r20), "onnxruntime-cpu", out, precision="fp32")
     with pytest.raises(UsageError, match="build-engine is for TensorRT"):
-        build_engine(out)
+        build_bundle_engine(out)
 
 
 def test_check_qdq_command(jetson_bundle, cli, tmp_path):

@@ -85,7 +85,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_two_gloo_ranks_match_one_process(tiny_model, tmp_path):
-    from edgeres.train import train
+    from edgeres.training import train
 
     single = train(tiny_model, DATA, tmp_path / "single", epochs=2, **ARGS)
 
@@ -135,7 +135,7 @@ def test_torchrun_command_forwards_options_but_not_nproc():
 
 def test_global_batch_must_split_over_ranks(tiny_model, tmp_path, monkeypatch):
     from edgeres.errors import UsageError
-    from edgeres.train import train
+    from edgeres.training import train
     from edgeres.training import dist
 
     monkeypatch.setattr(dist, "start", lambda info, device: False)  # no process group: fail before any collective
@@ -149,7 +149,7 @@ def _worker(out: str) -> None:
     """One rank: epoch 1, then a resume to epoch 2 (one process group for both calls)."""
     import torch.distributed as dist
 
-    from edgeres.train import train
+    from edgeres.training import train
 
     torch.set_num_threads(1)
     register_tiny_model()

@@ -34,9 +34,9 @@ def test_imagenet_resnet_exports_c2_to_c5_at_strides_4_to_32(tmp_path):
     assert res.preprocessing.class_names == ()  # a backbone has no classes
 
 
-def test_cifar_resnet_maps_its_three_stages_and_refuses_c5(cli, tmp_path):
+def test_cifar_resnet_maps_its_three_stages_and_refuses_c5(cli_main, tmp_path):
     out = tmp_path / "r20f.onnx"
-    r = cli("export", "resnet20", "--weights", "random", "--task", "features", "--features", "c3,c4", "--out", out)
+    r = cli_main("export", "resnet20", "--weights", "random", "--task", "features", "--features", "c3,c4", "--out", out)
     assert r.returncode == 0, r.stderr
     assert "c3 (layer2, stride 2, 32 ch)" in r.stdout
     dims, task = _outputs(out)
@@ -100,21 +100,21 @@ def test_runtime_returns_every_output_of_a_feature_bundle(feature_bundle):
         pred.classify([np.zeros((32, 32, 3), np.uint8)])
 
 
-def test_validate_feature_bundle_gates_on_min_cosine(feature_bundle, cli, tmp_path):
+def test_validate_feature_bundle_gates_on_min_cosine(feature_bundle, cli_main, tmp_path):
     out, _ = feature_bundle
     junit = tmp_path / "j.xml"
-    r = cli("validate", out, "--data", "builtin", "--limit", "16", "--min-cosine", "0.999999", "--junit", junit)
+    r = cli_main("validate", out, "--data", "builtin", "--limit", "16", "--min-cosine", "0.999999", "--junit", junit)
     assert r.returncode == 1, r.stderr
     assert "below --min-cosine 0.999999" in r.stderr and "relative error" in r.stdout
     suite = ET.parse(junit).getroot().find("testsuite")
     cases = suite.findall("testcase")
     assert [c.get("name") for c in cases] == ["cosine c2", "cosine c3", "cosine c4"]
     assert int(suite.get("failures")) == sum(c.find("failure") is not None for c in cases) >= 1
-    r = cli("validate", out, "--data", "builtin", "--max-drop", "1")
+    r = cli_main("validate", out, "--data", "builtin", "--max-drop", "1")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--min-cosine" in r.stderr
 
 
-def test_an_onnx_with_feature_outputs_needs_task_features(feature_bundle, cli, tmp_path):
+def test_an_onnx_with_feature_outputs_needs_task_features(feature_bundle, cli_main, tmp_path):
     """A backbone ONNX from elsewhere (no edgeres task record) is refused as a classifier and
     accepted with --task features, its outputs read from the graph."""
     out, _ = feature_bundle
@@ -124,7 +124,7 @@ def test_an_onnx_with_feature_outputs_needs_task_features(feature_bundle, cli, t
             m.metadata_props.remove(p)
     foreign = tmp_path / "backbone.onnx"
     onnx.save(m, str(foreign))
-    r = cli("compile", foreign, "--target", "onnxruntime-cpu", "--precision", "fp32", "--out", tmp_path / "b1")
+    r = cli_main("compile", foreign, "--target", "onnxruntime-cpu", "--precision", "fp32", "--out", tmp_path / "b1")
     assert r.returncode == 2 and "--task features" in r.stderr and not (tmp_path / "b1").exists()
     from edgeres.pipeline import compile_bundle
 

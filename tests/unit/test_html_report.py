@@ -66,22 +66,30 @@ def assert_self_contained(page: Page, raw: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def ort_bundle(trained_r20, tmp_path_factory):
-    """The session's trained ResNet-20, compiled INT8 for ONNX Runtime and validated on 200 built-in images."""
+def ort_bundle(tmp_path_factory):
+    """ResNet-20 (random weights, the built-in data's class names) compiled INT8 for ONNX Runtime and
+    validated on 200 built-in images: real numbers, no training (the unit tier stays fast)."""
+    from edgeres.checkpoint import save_checkpoint
+    from edgeres.data.builtin import BUILTIN_CLASSES
+    from edgeres.export import resolve_source
     from edgeres.pipeline import compile_bundle
 
-    out = tmp_path_factory.mktemp("report") / "r20-ort"
-    compile_bundle(str(trained_r20), "onnxruntime-cpu", out, precision="int8", calib="builtin", num_calib=64,
+    work = tmp_path_factory.mktemp("report")
+    loaded = resolve_source("resnet20", "random")
+    pre = loaded.preprocessing.with_classes(BUILTIN_CLASSES)
+    ckpt = save_checkpoint(work / "r20.pt", loaded.model, loaded.name, pre)
+    out = work / "r20-ort"
+    compile_bundle(str(ckpt), "onnxruntime-cpu", out, precision="int8", calib="builtin", num_calib=64,
                    val="builtin", val_limit=200, max_drop=100.0)
     return out
 
 
-def test_report_page_sections_numbers_and_nothing_external(ort_bundle, cli, tmp_path):
+def test_report_page_sections_numbers_and_nothing_external(ort_bundle, cli_main, tmp_path):
     bench = ort_bundle.parent / "bench.json"
-    r = cli("bench", ort_bundle, "--repeats", "5", "--json", bench)
+    r = cli_main("bench", ort_bundle, "--repeats", "5", "--json", bench)
     assert r.returncode == 0, r.stderr
     out = tmp_path / "sub" / "report.html"
-    r = cli("report", ort_bundle, "--html", out, "--bench-json", bench)
+    r = cli_main("report", ort_bundle, "--html", out, "--bench-json", bench)
     assert r.returncode == 0, r.stderr
     raw = out.read_text(encoding="utf-8")
     page = parse(out)

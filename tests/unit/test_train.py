@@ -14,7 +14,7 @@ from edgeres.checkpoint import load_checkpoint, read_checkpoint_file
 from edgeres.data import BUILTIN_CLASSES, iter_batches, open_dataset, write_image_folder
 from edgeres.errors import InputError, UsageError
 from edgeres.recipes import lr_at, resolve_config
-from edgeres.train import resolve_device, train
+from edgeres.training import resolve_device, train
 from edgeres.training.state import output_paths
 
 # Small enough for a few seconds per run on 2 cores: 8 train images/class, 40-image splits.
@@ -120,8 +120,8 @@ def test_resume_refusals(tmp_path, straight_run):
         train("resnet20", DATA, tmp_path / "x", resume=out / "best.pt", **TINY)
     with pytest.raises(UsageError, match="already finished its 2 epochs.*--epochs"):
         train("resnet20", DATA, tmp_path / "x", resume=out / "last.pt", **TINY)
-    with pytest.raises(UsageError, match="drop --recipe"):
-        train("resnet20", DATA, tmp_path / "x", resume=out / "last.pt", recipe="quick", **TINY)
+    with pytest.raises(UsageError, match=r"--recipe finetune differs .* lr = 0\.01 here, 0\.1 in the run"):
+        train("resnet20", DATA, tmp_path / "x", resume=out / "last.pt", recipe="finetune", epochs=3, **TINY)
     with pytest.raises(UsageError, match="is a run of 'resnet20'"):
         train("resnet32", DATA, tmp_path / "x", resume=out / "last.pt", **TINY)
     # Another data set's classes: refused with both lists.
@@ -135,6 +135,41 @@ def test_resume_refusals(tmp_path, straight_run):
             Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(other / name / f"{i}.png")
     with pytest.raises(InputError, match=r"trained on classes \[circle, square.*\(10 in all\)\] but the data has \[apple, pear\]"):
         train("resnet20", str(other), tmp_path / "x", resume=out / "last.pt", epochs=3, **TINY)
+
+
+def test_resume_with_the_recipe_the_run_started_with(tmp_path):
+    """Re-running the starting command with --resume added continues the run (as timm/Ultralytics users
+    resume); a recipe that configures the run otherwise is refused, naming every field that differs."""
+    from typer.testing import CliRunner
+
+    from edgeres.cli import app
+
+    out = tmp_path / "run"
+    start = dict(recipe="quick", epochs=2, batch_size=10, progress=False, plot=False)
+
+    def stop_after_first(record):
+        raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train("resnet20", "builtin:4", out, on_epoch_end=stop_after_first, **start)
+    last = out / "last.pt"
+    with pytest.raises(UsageError) as refused:
+        train("resnet20", "builtin:4", out, resume=last, **{**start, "recipe": "finetune"})
+    message = str(refused.value)
+    assert message.startswith("--recipe finetune differs from the configuration") and "(recipe quick)" in message
+    for field in ("lr = 0.01 here, 0.1 in the run", "weight_decay = 0.0001 here, 0.0005 in the run"):
+        assert field in message, message
+    assert "epochs" not in message and "batch_size" not in message  # given: overrides of the run, not compared
+    with pytest.raises(UsageError, match=r"epochs = 6 here, 2 in the run.*pass the options the run started with"):
+        train("resnet20", "builtin:4", out, resume=last, **{**start, "epochs": None})
+
+    cmd = ["train", "resnet20", "--data", "builtin:4", "--out", str(out), "--recipe", "quick", "--epochs", "2",
+           "--batch-size", "10", "--no-plot"]
+    result = CliRunner().invoke(app, [*cmd, "--resume", str(last)])
+    assert result.exit_code == 0, (result.output, result.exception)
+    history = json.loads((out / "history.json").read_text())
+    assert [r["epoch"] for r in history["epochs"]] == [1, 2] and history["resumed_from"] == str(last)
+    assert history["recipe"] == "quick"
 
 
 def test_init_class_checks_and_head_replacement(tmp_path, straight_run):
@@ -190,7 +225,7 @@ def test_bad_options():
         train("resnet20", DATA, "/nonexistent/x", overrides={"lrate": 1}, progress=False)
     with pytest.raises(UsageError, match="lr is given twice"):
         train("resnet20", DATA, "/nonexistent/x", lr=0.1, overrides={"lr": 0.2}, progress=False)
-    with pytest.raises(UsageError, match="--num-classes 5 but the data has 10"):
+    with pytest.raises(UsageError, match="num_classes=5 but the data has 10"):
         train("resnet20", DATA, "/nonexistent/x", num_classes=5, **TINY)
 
 

@@ -235,11 +235,13 @@ def convert_to_fp16(onnx_path: str | Path, out_path: str | Path, *, keep_io_type
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
+    from edgeres.onnx_io import load_model
+
     onnx_path, out_path = Path(onnx_path), Path(out_path)
     summary = onnx_summary(onnx_path)
     if summary["has_qdq"]:
         raise UsageError(f"{onnx_path.name} is a Q/DQ INT8 model; convert the FP32 ONNX to FP16, not the quantized one")
-    model = onnx.load(str(onnx_path))
+    model = load_model(onnx_path)
     converted = convert_float_to_float16(model, keep_io_types=keep_io_types)
     with atomic_path(out_path) as tmp:
         onnx.save(converted, str(tmp))

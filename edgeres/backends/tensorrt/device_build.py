@@ -15,8 +15,9 @@ from edgeres.fileio import atomic_dir
 _MANIFEST_AUTO = ("format", "created", "versions", "host", "files")
 
 
-def build_engine(bundle: str | os.PathLike, *, options: dict[str, Any] | None = None, data: str | None = None,
-                 max_drop: float | None = None, limit: int | None = None) -> tuple[Bundle, AccuracyReport | None]:
+def build_bundle_engine(bundle: str | os.PathLike, *, options: dict[str, Any] | None = None,
+                        data: str | None = None, max_drop: float | None = None,
+                        limit: int | None = None) -> tuple[Bundle, AccuracyReport | None]:
     """Build the engine with the installed TensorRT into ``BUNDLE/artifact`` and update the manifest.
 
     With ``data``, validate the engine against the bundle's FP32 ONNX; raises
@@ -57,4 +58,4 @@ def build_engine(bundle: str | os.PathLike, *, options: dict[str, Any] | None = 
     return b, report
 
 
-__all__ = ["build_engine"]
+__all__ = ["build_bundle_engine"]

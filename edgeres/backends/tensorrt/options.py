@@ -82,11 +82,6 @@ class TrtOptions:
     def uses_dla(self) -> bool:
         return self.dla_core >= 0
 
-    @property
-    def sm(self) -> tuple[int, int]:
-        major, minor = self.compute_capability.split(".")
-        return int(major), int(minor)
-
     def profile(self) -> tuple[int, int, int]:
         """(min, opt, max) batch; DLA needs static shapes, so a DLA build pins all three to ``opt``."""
         if self.uses_dla:
@@ -115,55 +110,21 @@ def resolve_options(target: Any, options: Mapping[str, Any] | None = None) -> Tr
     ``options`` may override only :data:`OVERRIDABLE` keys; anything else is a UsageError
     (never silently ignored).
     """
-    if getattr(target, "backend", None) != "tensorrt":
-        raise UsageError(f"target {getattr(target, 'name', target)!r} is not a TensorRT target; pick one with backend = \"tensorrt\"")
-    where = f"target {target.name} [tensorrt]"
-    base = dict(target.options_dict() if hasattr(target, "options_dict") else dict(target.options))
-    unknown = sorted(set(base) - _KEYS)
-    if unknown:
-        raise InputError(f"{where} has unknown keys {unknown}; allowed: {sorted(_KEYS)}")
-    overrides = dict(options or {})
-    bad = sorted(set(overrides) - set(OVERRIDABLE))
-    if bad:
-        raise UsageError(f"TensorRT options {bad} cannot be set per build; allowed: {list(OVERRIDABLE)}")
-    merged = {**base, **overrides}
-
+    where, merged = _merged_table(target, options)
     cc = merged.get("compute_capability")
     if cc is None:
         raise InputError(f"{where} lacks compute_capability; add e.g. compute_capability = \"8.7\"")
     cc = str(cc)
     if not re.fullmatch(r"\d+\.\d", cc):
         raise InputError(f"{where}: compute_capability must look like \"8.7\", got {cc!r}")
-    rng = merged.get("tensorrt", {"min": "10.0", "max": "11.99"})
-    if not isinstance(rng, Mapping) or "min" not in rng or "max" not in rng:
-        raise InputError(f"{where}: tensorrt must be a table like {{ min = \"10.0\", max = \"11.99\" }}")
-    trt_min, trt_max = str(rng["min"]), str(rng["max"])
-    if parse_version(trt_min) > parse_version(trt_max):
-        raise InputError(f"{where}: tensorrt.min {trt_min} is above tensorrt.max {trt_max}")
+    trt_min, trt_max = _version_range(where, merged)
     builds_on = merged.get("builds_on", "host")
     if builds_on not in BUILDS_ON:
         raise InputError(f"{where}: builds_on must be one of {list(BUILDS_ON)}, got {builds_on!r}")
-    dla_cores = _int(where, "dla_cores", merged.get("dla_cores", 0), 0)
-    dla_core = merged.get("dla_core", -1)
-    if isinstance(dla_core, bool) or not isinstance(dla_core, int) or dla_core < -1:
-        raise UsageError(f"{where}: dla_core must be -1 (GPU only) or a DLA core index, got {dla_core!r}")
-    if dla_core >= dla_cores:
-        have = f"has {dla_cores} DLA cores" if dla_cores else "has no DLA"
-        raise UsageError(f"target {target.name} {have}, so dla_core={dla_core} is impossible; use dla_core=-1 (GPU)")
+    dla_cores, dla_core = _dla(where, target.name, merged)
     workspace_mb = _int(where, "workspace_mb", merged.get("workspace_mb", 1024), 1)
-    batch = merged.get("batch", {"min": 1, "opt": 1, "max": 1})
-    if not isinstance(batch, Mapping) or set(batch) != {"min", "opt", "max"}:
-        raise UsageError(f"{where}: batch must be a table {{ min = 1, opt = 8, max = 32 }}, got {batch!r}")
-    bmin, bopt, bmax = (_int(where, f"batch.{k}", batch[k], 1) for k in ("min", "opt", "max"))
-    if not bmin <= bopt <= bmax:
-        raise UsageError(f"{where}: batch needs min <= opt <= max, got {bmin}/{bopt}/{bmax}")
-    hw = merged.get("hardware_compatibility")
-    if hw in ("", "none"):
-        hw = None
-    if hw is not None and hw not in HARDWARE_COMPAT:
-        raise UsageError(f"{where}: hardware_compatibility must be one of {list(HARDWARE_COMPAT)}, got {hw!r}")
-    if hw is not None and (builds_on == "device" or dla_core >= 0):
-        raise UsageError(f"{where}: hardware_compatibility is for discrete GPUs only (not Jetson or DLA); remove it")
+    bmin, bopt, bmax = _batch(where, merged)
+    hw = _hardware_compatibility(where, merged, builds_on, dla_core)
     vc = _bool(where, "version_compatible", merged.get("version_compatible", False))
     if vc and dla_core >= 0:
         raise UsageError(f"{where}: version_compatible engines cannot use DLA; set dla_core=-1 or version_compatible=false")
@@ -189,3 +150,62 @@ def resolve_options(target: Any, options: Mapping[str, Any] | None = None) -> Tr
         jetpack=str(merged.get("jetpack", "")),
         device_python=str(merged.get("device_python", "")),
     )
+
+
+def _merged_table(target: Any, options: Mapping[str, Any] | None) -> tuple[str, dict[str, Any]]:
+    """(where, the target's ``[tensorrt]`` table with the per-build overrides); unknown keys refused."""
+    if getattr(target, "backend", None) != "tensorrt":
+        raise UsageError(f"target {getattr(target, 'name', target)!r} is not a TensorRT target; pick one with backend = \"tensorrt\"")
+    where = f"target {target.name} [tensorrt]"
+    base = dict(target.options_dict() if hasattr(target, "options_dict") else dict(target.options))
+    unknown = sorted(set(base) - _KEYS)
+    if unknown:
+        raise InputError(f"{where} has unknown keys {unknown}; allowed: {sorted(_KEYS)}")
+    overrides = dict(options or {})
+    bad = sorted(set(overrides) - set(OVERRIDABLE))
+    if bad:
+        raise UsageError(f"TensorRT options {bad} cannot be set per build; allowed: {list(OVERRIDABLE)}")
+    return where, {**base, **overrides}
+
+
+def _version_range(where: str, merged: Mapping[str, Any]) -> tuple[str, str]:
+    rng = merged.get("tensorrt", {"min": "10.0", "max": "11.99"})
+    if not isinstance(rng, Mapping) or "min" not in rng or "max" not in rng:
+        raise InputError(f"{where}: tensorrt must be a table like {{ min = \"10.0\", max = \"11.99\" }}")
+    trt_min, trt_max = str(rng["min"]), str(rng["max"])
+    if parse_version(trt_min) > parse_version(trt_max):
+        raise InputError(f"{where}: tensorrt.min {trt_min} is above tensorrt.max {trt_max}")
+    return trt_min, trt_max
+
+
+def _dla(where: str, target_name: str, merged: Mapping[str, Any]) -> tuple[int, int]:
+    """(DLA cores of the device, the DLA core to build for or -1)."""
+    dla_cores = _int(where, "dla_cores", merged.get("dla_cores", 0), 0)
+    dla_core = merged.get("dla_core", -1)
+    if isinstance(dla_core, bool) or not isinstance(dla_core, int) or dla_core < -1:
+        raise UsageError(f"{where}: dla_core must be -1 (GPU only) or a DLA core index, got {dla_core!r}")
+    if dla_core >= dla_cores:
+        have = f"has {dla_cores} DLA cores" if dla_cores else "has no DLA"
+        raise UsageError(f"target {target_name} {have}, so dla_core={dla_core} is impossible; use dla_core=-1 (GPU)")
+    return dla_cores, dla_core
+
+
+def _batch(where: str, merged: Mapping[str, Any]) -> tuple[int, int, int]:
+    batch = merged.get("batch", {"min": 1, "opt": 1, "max": 1})
+    if not isinstance(batch, Mapping) or set(batch) != {"min", "opt", "max"}:
+        raise UsageError(f"{where}: batch must be a table {{ min = 1, opt = 8, max = 32 }}, got {batch!r}")
+    bmin, bopt, bmax = (_int(where, f"batch.{k}", batch[k], 1) for k in ("min", "opt", "max"))
+    if not bmin <= bopt <= bmax:
+        raise UsageError(f"{where}: batch needs min <= opt <= max, got {bmin}/{bopt}/{bmax}")
+    return bmin, bopt, bmax
+
+
+def _hardware_compatibility(where: str, merged: Mapping[str, Any], builds_on: str, dla_core: int) -> str | None:
+    hw = merged.get("hardware_compatibility")
+    if hw in ("", "none"):
+        hw = None
+    if hw is not None and hw not in HARDWARE_COMPAT:
+        raise UsageError(f"{where}: hardware_compatibility must be one of {list(HARDWARE_COMPAT)}, got {hw!r}")
+    if hw is not None and (builds_on == "device" or dla_core >= 0):
+        raise UsageError(f"{where}: hardware_compatibility is for discrete GPUs only (not Jetson or DLA); remove it")
+    return hw

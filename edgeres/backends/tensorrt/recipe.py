@@ -83,53 +83,15 @@ def build_recipe(target: Any, precision: str, onnx_name: str = "model.onnx", *,
     if precision not in target.precisions:
         raise UsageError(f"target {target.name} supports precisions {list(target.precisions)}, not {precision!r}")
     opts = resolve_options(target, options)
-    fp16_ok = "fp16" in target.precisions
-    variants = []
-    for lo, hi, family, ws_style in _FAMILIES:
-        v_lo, v_hi = _max(lo, opts.trt_min), _min(hi, opts.trt_max)
-        if parse_version(v_lo) > parse_version(v_hi):
-            continue
-        onnx_in = onnx_name
-        steps: list[str] = []
-        if family == "strongly-typed" and precision == "fp16":
-            onnx_in = fp16_onnx_name(onnx_name)
-            steps.append(
-                "python -c \"from edgeres.backends.tensorrt import convert_to_fp16; "
-                f"convert_to_fp16('{onnx_name}', '{onnx_in}')\"  "
-                f"# or: python -m modelopt.onnx.autocast --onnx_path {onnx_name} --output_path {onnx_in}"
-            )
-        argv = _trtexec_argv(opts, precision, family, ws_style, onnx_in, engine_name, input_name,
-                             tuple(input_chw), dynamic_batch, fp16_ok)
-        variants.append({
-            "tensorrt": {"min": v_lo, "max": v_hi},
-            "api": family,
-            "python_api": "edgeres build-engine" if parse_version(v_hi)[:2] >= (8, 5) else "trtexec only (< 8.5)",
-            "prepare": steps,
-            "trtexec_argv": argv,
-            "trtexec": " ".join(argv),
-        })
+    variants = _variants(opts, precision, "fp16" in target.precisions, onnx_name, engine_name, input_name,
+                         tuple(input_chw), dynamic_batch)
     py = opts.device_python
     edgeres_runs = not py or parse_version(py)[:2] >= MIN_EDGERES_PYTHON
     if any(parse_version(v["tensorrt"]["max"])[:2] >= (8, 5) for v in variants) and edgeres_runs:
         recommended = f"edgeres build-engine {bundle}"
     else:
         recommended = variants[-1]["trtexec"] if variants else ""
-    notes = [
-        "A TensorRT engine is tied to the TensorRT version and the GPU it was built with; "
-        "rebuild after upgrading TensorRT/JetPack.",
-    ]
-    if opts.builds_on == "device":
-        notes.append(f"Build on the {target.name} itself (engines cannot be built for Jetson on an x86 host); "
-                     f"JetPack's trtexec is at {TRTEXEC_JETSON}.")
-    if not edgeres_runs:
-        notes.append(f"The device's Python is {py}; edgeres needs Python >= 3.10, so use the trtexec command there.")
-    if precision == "int8":
-        notes.append("INT8 comes from the Q/DQ nodes in the ONNX (explicit quantization); no calibrator is used.")
-    if opts.uses_dla:
-        notes.append("DLA needs static shapes: the batch is pinned to the profile's opt value; "
-                     "layers DLA cannot run fall back to the GPU.")
-    if opts.jetpack:
-        notes.append(f"JetPack: {opts.jetpack}")
+    notes = _notes(target.name, opts, precision, edgeres_runs)
     return {
         "format": "edgeres-tensorrt-recipe/1",
         "target": target.name,
@@ -149,6 +111,57 @@ def build_recipe(target: Any, precision: str, onnx_name: str = "model.onnx", *,
         "variants": variants,
         "notes": notes,
     }
+
+
+def _variants(opts: TrtOptions, precision: str, fp16_ok: bool, onnx_name: str, engine_name: str,
+              input_name: str, input_chw: tuple[int, ...], dynamic_batch: bool) -> list[dict[str, Any]]:
+    """One build variant per TensorRT API family inside the target's version range."""
+    variants = []
+    for lo, hi, family, ws_style in _FAMILIES:
+        v_lo, v_hi = _max(lo, opts.trt_min), _min(hi, opts.trt_max)
+        if parse_version(v_lo) > parse_version(v_hi):
+            continue
+        onnx_in = onnx_name
+        steps: list[str] = []
+        if family == "strongly-typed" and precision == "fp16":
+            onnx_in = fp16_onnx_name(onnx_name)
+            steps.append(
+                "python -c \"from edgeres.backends.tensorrt import convert_to_fp16; "
+                f"convert_to_fp16('{onnx_name}', '{onnx_in}')\"  "
+                f"# or: python -m modelopt.onnx.autocast --onnx_path {onnx_name} --output_path {onnx_in}"
+            )
+        argv = _trtexec_argv(opts, precision, family, ws_style, onnx_in, engine_name, input_name,
+                             input_chw, dynamic_batch, fp16_ok)
+        variants.append({
+            "tensorrt": {"min": v_lo, "max": v_hi},
+            "api": family,
+            "python_api": "edgeres build-engine" if parse_version(v_hi)[:2] >= (8, 5) else "trtexec only (< 8.5)",
+            "prepare": steps,
+            "trtexec_argv": argv,
+            "trtexec": " ".join(argv),
+        })
+    return variants
+
+
+def _notes(target_name: str, opts: TrtOptions, precision: str, edgeres_runs: bool) -> list[str]:
+    notes = [
+        "A TensorRT engine is tied to the TensorRT version and the GPU it was built with; "
+        "rebuild after upgrading TensorRT/JetPack.",
+    ]
+    if opts.builds_on == "device":
+        notes.append(f"Build on the {target_name} itself (engines cannot be built for Jetson on an x86 host); "
+                     f"JetPack's trtexec is at {TRTEXEC_JETSON}.")
+    if not edgeres_runs:
+        notes.append(f"The device's Python is {opts.device_python}; edgeres needs Python >= 3.10, so use the "
+                     "trtexec command there.")
+    if precision == "int8":
+        notes.append("INT8 comes from the Q/DQ nodes in the ONNX (explicit quantization); no calibrator is used.")
+    if opts.uses_dla:
+        notes.append("DLA needs static shapes: the batch is pinned to the profile's opt value; "
+                     "layers DLA cannot run fall back to the GPU.")
+    if opts.jetpack:
+        notes.append(f"JetPack: {opts.jetpack}")
+    return notes
 
 
 def import_tensorrt() -> tuple[Any | None, str]:

@@ -19,7 +19,9 @@ The table is passed through verbatim except for what edgeres adds on top:
                 lowering (single thread, no blocking; slow, for debugging).
 ``tuning_db``   a MetaSchedule database directory (``database_workload.json`` +
                 ``database_tuning_record.json``) whose schedules are applied at compile time.
-``threads``     runtime threads for the TVM thread pool (default: TVM's own choice).
+``threads``     runtime threads for the TVM thread pool (default: ``TVM_NUM_THREADS`` when set, else
+                ``os.cpu_count()``, as ONNX Runtime uses every core; TVM's own default is half the
+                logical CPUs on x86).
 
 Nothing here imports tvm at module level.
 """
