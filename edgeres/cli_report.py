@@ -20,7 +20,8 @@ def register(app: typer.Typer, console) -> None:  # noqa: ANN001
         bench_json: Optional[Path] = typer.Option(None, "--bench-json", help="Latency from `edgeres bench --json` "
                                                   "(default: BUNDLE/bench.json when present)."),
         sensitivity: Optional[Path] = typer.Option(None, "--sensitivity", help="Per-layer sensitivity from "
-                                                   "`edgeres sensitivity --json`, to plot."),
+                                                   "`edgeres sensitivity --json`, to plot (default: "
+                                                   "BUNDLE/sensitivity.json when present)."),
     ):
         """One HTML page about a bundle: manifest, accuracy vs FP32, latency vs ONNX Runtime, calibration."""
         from edgeres import report_charts

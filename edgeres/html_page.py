@@ -11,48 +11,45 @@ import html
 from typing import Any, Iterable, Sequence
 
 CSS = """
-:root { --fg:#1d2430; --muted:#5b6677; --line:#dfe3ea; --bg:#f5f7fa; --card:#ffffff;
-        --ok:#1e7e44; --ok-bg:#e3f4ea; --bad:#b42318; --bad-bg:#fdeceb; --skip:#7a5d00; --skip-bg:#fff6d6;
-        --accent:#2f6fb3; }
 * { box-sizing: border-box; }
-body { margin:0; background:var(--bg); color:var(--fg);
+body { margin:0; background:#f5f7fa; color:#1d2430;
        font:14px/1.5 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
 main { max-width:1120px; margin:0 auto; padding:24px 28px 48px; }
 header { display:flex; align-items:center; justify-content:space-between; gap:16px; flex-wrap:wrap;
-         border-bottom:1px solid var(--line); padding-bottom:14px; margin-bottom:14px; }
+         border-bottom:1px solid #dfe3ea; padding-bottom:14px; margin-bottom:14px; }
 h1 { font-size:22px; margin:0; }
-h1 small { display:block; font-size:13px; font-weight:normal; color:var(--muted); margin-top:4px; }
-h2 { font-size:17px; margin:0 0 12px; padding-bottom:6px; border-bottom:1px solid var(--line); }
-h3 { font-size:14px; margin:18px 0 8px; color:var(--muted); text-transform:uppercase; letter-spacing:.04em; }
+h1 small { display:block; font-size:13px; font-weight:normal; color:#5b6677; margin-top:4px; }
+h2 { font-size:17px; margin:0 0 12px; padding-bottom:6px; border-bottom:1px solid #dfe3ea; }
+h3 { font-size:14px; margin:18px 0 8px; color:#5b6677; text-transform:uppercase; letter-spacing:.04em; }
 nav { display:flex; gap:14px; flex-wrap:wrap; margin:0 0 18px; font-size:13px; }
-nav a { color:var(--accent); text-decoration:none; }
-section { background:var(--card); border:1px solid var(--line); border-radius:8px; padding:18px 20px;
+nav a { color:#2f6fb3; text-decoration:none; }
+section { background:#ffffff; border:1px solid #dfe3ea; border-radius:8px; padding:18px 20px;
           margin:0 0 18px; }
 .cards { display:grid; grid-template-columns:repeat(auto-fit, minmax(170px, 1fr)); gap:12px; margin:0 0 18px; }
-.card { background:var(--card); border:1px solid var(--line); border-radius:8px; padding:12px 14px; }
-.card .label { font-size:12px; color:var(--muted); }
+.card { background:#ffffff; border:1px solid #dfe3ea; border-radius:8px; padding:12px 14px; }
+.card .label { font-size:12px; color:#5b6677; }
 .card .value { font-size:22px; font-weight:600; margin-top:2px; }
-.card .sub { font-size:12px; color:var(--muted); }
+.card .sub { font-size:12px; color:#5b6677; }
 .badge { display:inline-block; white-space:nowrap; padding:4px 12px; border-radius:999px; font-weight:600; font-size:13px; }
-.pass { color:var(--ok); background:var(--ok-bg); }
-.fail { color:var(--bad); background:var(--bad-bg); }
-.skip { color:var(--skip); background:var(--skip-bg); }
+.pass { color:#1e7e44; background:#e3f4ea; }
+.fail { color:#b42318; background:#fdeceb; }
+.skip { color:#7a5d00; background:#fff6d6; }
 table { border-collapse:collapse; width:100%; margin:4px 0 8px; font-size:13px; }
-th, td { text-align:left; padding:5px 10px; border-bottom:1px solid var(--line); vertical-align:top; }
+th, td { text-align:left; padding:5px 10px; border-bottom:1px solid #dfe3ea; vertical-align:top; }
 th { background:#f0f3f7; font-weight:600; }
 td.num, th.num { text-align:right; font-variant-numeric:tabular-nums; white-space:nowrap; }
 tr:nth-child(even) td { background:#fafbfd; }
-table.kv th { width:28%; background:transparent; font-weight:normal; color:var(--muted); }
+table.kv th { width:28%; background:transparent; font-weight:normal; color:#5b6677; }
 code, .mono { font-family:ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size:12px;
               overflow-wrap:anywhere; }
 .grid2 { display:grid; grid-template-columns:repeat(auto-fit, minmax(420px, 1fr)); gap:18px; }
 figure { margin:10px 0; text-align:center; }
-figure img { max-width:100%; height:auto; border:1px solid var(--line); border-radius:6px; background:#fff; }
-figcaption { font-size:12px; color:var(--muted); margin-top:4px; }
-.note { color:var(--muted); font-size:13px; background:#f7f8fb; border-left:3px solid var(--line);
+figure img { max-width:100%; height:auto; border:1px solid #dfe3ea; border-radius:6px; background:#fff; }
+figcaption { font-size:12px; color:#5b6677; margin-top:4px; }
+.note { color:#5b6677; font-size:13px; background:#f7f8fb; border-left:3px solid #dfe3ea;
         padding:6px 10px; margin:8px 0; }
-.worse { color:var(--bad); } .better { color:var(--ok); }
-footer { color:var(--muted); font-size:12px; text-align:center; margin-top:24px; }
+.worse { color:#b42318; } .better { color:#1e7e44; }
+footer { color:#5b6677; font-size:12px; text-align:center; margin-top:24px; }
 """
 
 

@@ -26,6 +26,7 @@ from edgeres.html_sections import accuracy_section, calibration_section, feature
 from edgeres.similarity import FeatureReport, report_from_dict
 
 BENCH_FILE = "bench.json"  # `edgeres bench BUNDLE --json BUNDLE/bench.json` puts it where the report finds it
+SENSITIVITY_FILE = "sensitivity.json"  # likewise `edgeres sensitivity ... --json BUNDLE/sensitivity.json`
 LATENCY_PEERS = ("artifact", "onnxruntime-fp32", "onnxruntime-int8")
 
 
@@ -58,6 +59,8 @@ def gather(bundle: str | os.PathLike | Bundle, *, data: str | None = None, limit
            sensitivity: str | os.PathLike | None = None, repeats: int = 30) -> ReportData:
     """Load or measure what the page shows (validation with ``data``, latency with ``bench``)."""
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    if sensitivity is None and (b.root / SENSITIVITY_FILE).is_file():
+        sensitivity = b.root / SENSITIVITY_FILE
     sens = _read_json(Path(sensitivity), "--sensitivity") if sensitivity else None
     if sens is not None and not isinstance(sens.get("rows"), list):
         raise InputError(f"--sensitivity {sensitivity} is not from `edgeres sensitivity --json` (no rows); write it "
@@ -159,6 +162,9 @@ def latency_section(d: ReportData) -> str:
         rows.append((k, f"{v:.3f}", rel))
     facts = (f"batch {rec.get('batch_size', 1)}, median of {rec.get('repeats', '?')} runs, {rec.get('threads', '?')} "
              f"threads on {rec.get('cpu', 'an unnamed CPU')} ({rec.get('source', '')})")
+    other = rec.get("bundle")
+    if other and Path(other).resolve() != d.bundle.root.resolve():
+        facts += f"; measured on the bundle {other}, not this one"
     chart = report_charts.hbars(list(med), list(med.values()), xlabel="median latency (ms), lower is better",
                                 fmt="{:.3f} ms")
     return (f"<p>{esc(facts)}</p>" + table(["runner", "median ms", "vs ONNX Runtime FP32"], rows, num_cols=[1])
@@ -223,4 +229,4 @@ def write_html_report(bundle: str | os.PathLike | Bundle, out: str | os.PathLike
     return out
 
 
-__all__ = ["BENCH_FILE", "ReportData", "build_html", "gather", "write_html_report"]
+__all__ = ["BENCH_FILE", "SENSITIVITY_FILE", "ReportData", "build_html", "gather", "write_html_report"]

@@ -142,3 +142,26 @@ def test_report_page_renders_in_headless_chromium(ort_bundle, tmp_path):
     assert colours is not None and len(colours) > 50  # text, tables, badges and charts, not a blank page
     green = sum(n for n, (r, g, b) in colours if g > r + 40 and g > b + 10)
     assert green > 0  # the PASSED badge rendered with its style sheet
+
+
+def test_report_plots_per_layer_sensitivity(ort_bundle, tmp_path):
+    """`edgeres sensitivity --json` output (two layers measured here) becomes a chart and a table."""
+    import onnx
+
+    from edgeres.data import iter_batches
+    from edgeres.export import onnx_source
+    from edgeres.html_report import write_html_report
+    from edgeres.pipeline import open_calibration, open_data
+    from edgeres.quantize.sensitivity import analyze
+
+    fp32 = ort_bundle / "model.fp32.onnx"
+    pre = onnx_source(fp32).preprocessing
+    batches, fingerprint = open_calibration("builtin", pre, 32)
+    val = open_data("builtin", "val", pre, limit=32)
+    layers = [n.name for n in onnx.load(str(fp32)).graph.node if n.op_type == "Conv"][:2]
+    rep = analyze(fp32, batches, lambda: iter_batches(val, 32), data_fingerprint=fingerprint, layers=layers)
+    rep.write_json(tmp_path / "sens.json")
+    page = parse(write_html_report(ort_bundle, tmp_path / "r.html", sensitivity=tmp_path / "sens.json"))
+    text = " ".join(page.text)
+    assert "Per-layer sensitivity" in text and all(name in text for name in layers)
+    assert any(im.get("alt") == "per-layer sensitivity chart" for im in page.images)
