@@ -88,7 +88,7 @@ def per_class(names: Sequence[str], ref: Sequence[float], art: Sequence[float]) 
     ax.set_ylabel("top-1 accuracy (%)", fontsize=9)
     ax.set_ylim(0, 105)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right", framealpha=0.9)
+    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
     _style(ax)
     return _png(fig)
 
