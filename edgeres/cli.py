@@ -87,6 +87,9 @@ def train(
     """Train (or fine-tune) a zoo model; writes an edgeres checkpoint with its preprocessing."""
     import subprocess
 
+    from edgeres.compat import require_torch
+
+    require_torch("edgeres train")
     from edgeres.training.dist import get_dist_info, torchrun_command
 
     if nproc is not None and nproc != 1:
@@ -310,6 +313,14 @@ def main(argv: Optional[List[str]] = None) -> None:
     except EdgeresError as e:
         err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
+    except ModuleNotFoundError as e:
+        if e.name != "torch":
+            raise
+        from edgeres.compat import torch_missing_message
+
+        command = next((a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("-")), "this command")
+        err.print(f"error: {torch_missing_message(f'edgeres {command}')}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
