@@ -90,6 +90,9 @@ def train(
     """Train (or fine-tune) a zoo model; writes an edgeres checkpoint with its preprocessing."""
     import subprocess
 
+    from edgeres.compat import require_torch
+
+    require_torch("edgeres train")
     from edgeres.training.dist import get_dist_info, torchrun_command
 
     if nproc is not None and nproc != 1:
@@ -216,7 +219,7 @@ def validate(
     exit 1 when a gate (--max-drop, --max-drop-top5, --min-agreement, --min-cosine) is broken."""
     from edgeres.bundle import load_bundle
     from edgeres.ci_report import check_output_file, write_ci_files
-    from edgeres.gates import failed, report_gates
+    from edgeres.gates import bundle_selftest_gate, failed, report_gates
     from edgeres.pipeline import validate_bundle
 
     for path, opt, example in ((junit, "--junit", "edgeres-junit.xml"), (summary, "--summary", "summary.md"),
@@ -229,6 +232,10 @@ def validate(
     report = validate_bundle(b, data, max_drop=max_drop, limit=limit, min_cosine=min_cosine)
     gates = report_gates(report) if b.task.is_features else report_gates(
         report, max_drop_top5=max_drop_top5, min_agreement=min_agreement)
+    selftest = bundle_selftest_gate(b)
+    if selftest is not None:
+        gates.append(selftest)
+        console.print(f"selftest: {selftest.message}", markup=False, highlight=False, soft_wrap=True)
     if json_out:
         report.write(json_out)
     console.print(any_report_table(report))
@@ -355,6 +362,14 @@ def main(argv: Optional[List[str]] = None) -> None:
     except EdgeresError as e:
         err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
+    except ModuleNotFoundError as e:
+        if e.name != "torch":
+            raise
+        from edgeres.compat import torch_missing_message
+
+        command = next((a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("-")), "this command")
+        err.print(f"error: {torch_missing_message(f'edgeres {command}')}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)

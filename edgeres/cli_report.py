@@ -32,5 +32,6 @@ def register(app: typer.Typer, console) -> None:  # noqa: ANN001
         out = write_html_report(bundle, html, data=data, limit=limit, bench=bench, bench_json=bench_json,
                                 sensitivity=sensitivity)
         if not report_charts.available():
-            console.print("[yellow]note:[/yellow] no charts: matplotlib is not installed (pip install 'edgeres[plot]')")
+            console.print("note: no charts: matplotlib is not installed (pip install 'edgeres[plot]')", markup=False,
+                          highlight=False)
         console.print(f"[green]report[/green] {out}")

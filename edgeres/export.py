@@ -145,7 +145,7 @@ def resolve_source(source: str, weights: str | None = None, *, task: str | None 
     name needs ``weights`` (a torchvision/timm-format file, or ``"random"``). ``task``
     only matters for an ONNX file here (a checkpoint's task is chosen at export).
     """
-    from edgeres.models import get_model_info
+    from edgeres.compat import require_torch
 
     p = Path(source)
     if p.suffix.lower() == ".onnx":
@@ -155,7 +155,11 @@ def resolve_source(source: str, weights: str | None = None, *, task: str | None 
     if p.exists() or any(s in source for s in ("/", os.sep)) or p.suffix.lower() in (".pt", ".pth", ".bin", ".ckpt"):
         if weights:
             raise UsageError("--weights applies to a zoo name; a checkpoint already holds its weights")
+        require_torch(f"loading the checkpoint {p.name}")
         return load_checkpoint(p)
+    require_torch(f"the zoo model {source!r}")
+    from edgeres.models import get_model_info
+
     info = get_model_info(source)  # raises ModelNotFound with suggestions
     if weights is None:
         raise UsageError(

@@ -1,6 +1,8 @@
 """CI gates: what ``edgeres validate`` checks, one :class:`Gate` per check, with the numbers.
 
-A classifier bundle has the gates ``top-1 drop`` (``--max-drop``, default the target's),
+Every bundle with golden files has a ``selftest`` gate (:func:`bundle_selftest_gate`: the
+artifact's outputs on the golden inputs, as ``edgeres selftest``). A classifier bundle has the
+gates ``top-1 drop`` (``--max-drop``, default the target's),
 ``top-5 drop`` (``--max-drop-top5``) and ``top-1 agreement`` (``--min-agreement``); a gate
 without a limit is reported as skipped, with its number. A feature bundle has one
 ``cosine <output>`` gate per output (``--min-cosine``). Other checks join the list by
@@ -103,6 +105,21 @@ def selftest_gate(result: Any) -> Gate:
                 "golden outputs within tolerance", line, line, kind="SelftestFailure")
 
 
+def bundle_selftest_gate(bundle: Any) -> Gate | None:
+    """The golden self-test of a loaded bundle as a gate (None when the bundle has no golden files);
+    skipped, with the reason, when its artifact cannot run on this machine."""
+    if not bundle.manifest.get("golden"):
+        return None
+    from edgeres.errors import BackendUnavailable
+    from edgeres.selftest import run_selftest
+
+    try:
+        return selftest_gate(run_selftest(bundle))
+    except BackendUnavailable as e:
+        return Gate("selftest", SKIPPED, "not run", "golden outputs within tolerance", f"not run here: {e}", str(e),
+                    kind="SelftestFailure")
+
+
 def report_gates(report: Any, **limits: Any) -> list[Gate]:
     """:func:`feature_gates` for a FeatureReport, else :func:`accuracy_gates` (``limits``: its keywords)."""
     from edgeres.similarity import FeatureReport
@@ -116,5 +133,5 @@ def failed(gates: Sequence[Gate]) -> list[Gate]:
     return [g for g in gates if g.failed]
 
 
-__all__ = ["FAILED", "PASSED", "SKIPPED", "Gate", "accuracy_gates", "failed", "feature_gates", "report_gates",
+__all__ = ["FAILED", "PASSED", "SKIPPED", "Gate", "accuracy_gates", "bundle_selftest_gate", "failed", "feature_gates", "report_gates",
            "selftest_gate"]

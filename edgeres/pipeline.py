@@ -158,6 +158,7 @@ def compile_bundle(
         artifact, recipe = _compile_stage(backend, tgt, prec, deploy_onnx, tmp, out, pre, backend_options,
                                           timings, notes, log)
         backend.write_app_example(tmp)
+        golden = _write_golden(tmp, pre, prec, backend, deploy_onnx, val_ds=val_ds, calib=calib)
         context = {"model": model_name, "target": tgt.name, "precision": prec, "data": str(val)}
         report = _validate_into(tmp, deploy_onnx, artifact, backend, val_ds, threshold, context, timings,
                                 task=task_rec, min_cosine=min_cosine)
@@ -173,6 +174,7 @@ def compile_bundle(
             "artifact": artifact.to_dict() if artifact else None,
             "recipe": RECIPE if recipe else None,
             "conformance": conformance,
+            "golden": golden,
             "backend_options": backend_options or {},
             "validation": validation_record(report, val),
             "timings": {k: round(v, 3) for k, v in timings.items()},
@@ -285,6 +287,29 @@ def _quantize_into(tmp: Path, tgt: Target, pre: Preprocessing, *, calib: str | N
             "num_calib": q.num_calib, "quantized_nodes": q.num_quantized_nodes, "excluded": list(q.excluded),
             "cache_hit": q.cache_hit, "calib_data": calib, "calib_fingerprint": fingerprint,
             "fallback": fb_record}
+
+
+def _write_golden(tmp: Path, pre: Preprocessing, prec: str, backend: Any, deploy_onnx: Path, *, val_ds: Any,
+                  calib: str | None) -> dict[str, Any]:
+    """The bundle's golden self-test (inputs, expected outputs on ONNX Runtime, tolerance): validation
+    images if given, else calibration images, else deterministic synthetic ones."""
+    from edgeres.backends import reference_runner
+    from edgeres.golden import dataset_inputs, golden_count, synthetic_inputs, write_golden
+
+    count = golden_count((3, *pre.input_size))
+    if val_ds is not None:
+        x, source = dataset_inputs(val_ds, count), "validation data"
+    elif calib:
+        ds = open_data(calib, "calib", pre, limit=max(64, count), allow_unlabelled=True)
+        x, source = dataset_inputs(ds, count), "calibration data"
+    else:
+        x, source = synthetic_inputs(pre, count), "synthetic (deterministic)"
+    fp32 = reference_runner(tmp / FP32_ONNX)
+    quantized = deploy_onnx != tmp / FP32_ONNX
+    return write_golden(tmp, x, expected_runner=reference_runner(deploy_onnx) if quantized else fp32,
+                        reference_runner=fp32 if quantized else None, tolerance=backend.selftest_tolerance(prec),
+                        precision=prec, source=source,
+                        expected_from=f"{deploy_onnx.name} on ONNX Runtime")
 
 
 def _artifact_runner(artifact: Any, backend: Any, deploy_onnx: Path) -> tuple[Any, str]:

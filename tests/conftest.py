@@ -21,6 +21,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_edgeres_cache(tmp_path_factory):
+    """TensorRT timing caches (EDGERES_CACHE_DIR) go to a temporary folder, not the user's ~/.cache."""
+    old = os.environ.get("EDGERES_CACHE_DIR")
+    os.environ["EDGERES_CACHE_DIR"] = str(tmp_path_factory.mktemp("edgeres-cache"))
+    yield
+    if old is None:
+        os.environ.pop("EDGERES_CACHE_DIR", None)
+    else:
+        os.environ["EDGERES_CACHE_DIR"] = old
+
+
 @pytest.fixture(scope="session")
 def trained_r20(tmp_path_factory) -> Path:
     """ResNet-20 trained briefly on 'builtin:300' (300 images per class): clearly above chance."""

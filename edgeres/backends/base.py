@@ -183,6 +183,23 @@ class Backend(abc.ABC):
     def write_app_example(self, bundle_dir: Path) -> None:
         """Write the example application into the bundle (backends with ``cpp_example``)."""
 
+    def selftest_tolerance(self, precision: str) -> Any:
+        """The :class:`edgeres.golden.Tolerance` the bundle's golden self-test allows between this
+        backend's artifact and the deployed model on ONNX Runtime (default: per precision)."""
+        from edgeres.golden import default_tolerance
+
+        return default_tolerance(precision)
+
+    def doctor_checks(self, target: Any, root: Path = Path("/")) -> list[dict[str, Any]]:
+        """What this machine has and lacks to compile for / run on ``target`` (``edgeres doctor``).
+
+        Each check is ``{"name", "ok", "found", "fix", "required"}``; ``root`` is the filesystem
+        root to inspect (tests pass a fake one). Default: is the backend itself available here."""
+        reason = self.unavailable_reason()
+        return [{"name": f"{self.name} backend", "ok": not reason, "required": True,
+                 "found": f"{self.name} {self.version() or ''}".strip() if not reason else reason,
+                 "fix": "" if not reason else self.install_hint()}]
+
 
 def check_precision(counts: Mapping[str, int], precision: str, name: str, target: Any) -> None:
     """UsageError when ``precision`` does not fit the model (Q/DQ nodes present or not) or the target."""

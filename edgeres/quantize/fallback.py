@@ -21,8 +21,8 @@
 The output's ``edgeres.quantization`` metadata records the fallback layers (in the
 order they fell back), the final and the plain-INT8 drop and the fallback precision.
 ``fallback_precision="fp16"`` (GPU targets) only records the intent: the excluded
-nodes stay float in the Q/DQ ONNX and TensorRT runs them in FP16 when built with
-FP16 allowed.
+nodes stay float in the Q/DQ ONNX. TensorRT 8.x-10.x runs them in FP16 when built with
+FP16 allowed; strongly typed TensorRT 11 runs them in FP32 (the ONNX's own type).
 """
 
 from __future__ import annotations

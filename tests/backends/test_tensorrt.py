@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import subprocess
 import types
@@ -87,6 +88,9 @@ class _Config:
     def set_flag(self, f):
         self.calls.append(("set_flag", f))
 
+    def clear_flag(self, f):
+        self.calls.append(("clear_flag", f))
+
     def set_memory_pool_limit(self, pool, size):
         self.calls.append(("set_memory_pool_limit", pool, size))
 
@@ -95,6 +99,9 @@ class _Config:
 
     def flags(self):
         return [c[1] for c in self.calls if c[0] == "set_flag"]
+
+    def cleared(self):
+        return [c[1] for c in self.calls if c[0] == "clear_flag"]
 
 
 class _Profile:
@@ -145,7 +152,10 @@ def test_tensorrt_10_int8_sets_precision_flags_and_no_calibrator(version):
 
 def test_tensorrt_10_fp16_and_fp32():
     assert _configure("10.3.0", "rtx-ada", "fp16")[1].flags() == ["FP16"]
-    assert _configure("10.3.0", "rtx-ada", "fp32")[1].flags() == []
+    applied, config = _configure("10.3.0", "rtx-ada", "fp32")
+    # TF32 is on by default on Ampere+: an "fp32" engine would round convolutions to TF32 unless it is cleared
+    assert config.flags() == [] and config.cleared() == ["TF32"] and applied["cleared_flags"] == ["TF32"]
+    assert _configure("10.3.0", "rtx-ada", "fp16")[1].cleared() == []
     assert _configure("10.3.0", "rtx-ada", "int8", {"int8_allow_fp16": False})[1].flags() == ["INT8"]
 
 
@@ -154,13 +164,14 @@ def test_tensorrt_11_is_strongly_typed_no_precision_flags(precision):
     # The TensorRT 11 stand-in has no BuilderFlag.FP16/INT8: touching them would raise AttributeError.
     applied, config = _configure("11.4.0", "datacenter-hopper", precision)
     assert applied["api"] == "strongly-typed" and config.flags() == []
+    assert config.cleared() == (["TF32"] if precision == "fp32" else [])
     assert ("set_memory_pool_limit", "WORKSPACE", 8192 << 20) in config.calls
 
 
-def test_dla_core_with_gpu_fallback_pins_the_profile():
-    applied, config = _configure("10.3.0", "jetson-agx-orin", "int8", {"dla_core": 1})
+def test_dla_core_fp16_with_gpu_fallback_pins_the_profile():
+    applied, config = _configure("10.3.0", "jetson-agx-orin", "fp16", {"dla_core": 1})
     assert config.default_device_type == "DLA" and config.DLA_core == 1
-    assert "GPU_FALLBACK" in config.flags() and applied["dla_core"] == 1
+    assert "GPU_FALLBACK" in config.flags() and "FP16" in config.flags() and applied["dla_core"] == 1
     (profile,) = [c[1] for c in config.calls if c[0] == "add_optimization_profile"]
     assert profile.shapes["input"][0] == profile.shapes["input"][2] == [1, 3, 224, 224]
     with pytest.raises(UsageError, match="DLA runs FP16 and INT8 only"):
@@ -168,7 +179,19 @@ def test_dla_core_with_gpu_fallback_pins_the_profile():
     trt = _fake_trt("10.3.0")
     builder, network, config = _fake_graph(dla_cores=1)  # an Orin NX 8GB has one DLA core
     with pytest.raises(CompileError, match="has 1 DLA cores"):
-        configure(trt, builder, network, config, resolve_options(get_target("jetson-agx-orin"), {"dla_core": 1}), "int8")
+        configure(trt, builder, network, config, resolve_options(get_target("jetson-agx-orin"), {"dla_core": 1}), "fp16")
+
+
+def test_dla_refuses_explicit_qdq_int8_and_tensorrt_without_dla():
+    """Defect 4: DLA takes INT8 only from implicit calibration; with the explicit Q/DQ model and GPU fallback
+    every layer would silently run on the GPU. TensorRT 10.8-11.4.0 have no DLA at all."""
+    with pytest.raises(UsageError, match="explicit Q/DQ"):
+        _configure("10.3.0", "jetson-agx-orin", "int8", {"dla_core": 0})
+    for no_dla in ("10.8.0", "10.13.3", "11.4.0"):
+        with pytest.raises(BackendUnavailable, match="cannot build for the DLA"):
+            _configure(no_dla, "jetson-agx-orin", "fp16", {"dla_core": 0})
+    assert _configure("11.4.1", "jetson-agx-orin", "fp16", {"dla_core": 0})[1].DLA_core == 0  # JetPack 7.2.2+
+    assert _configure("10.7.0", "jetson-agx-orin", "fp16", {"dla_core": 0})[1].DLA_core == 0
 
 
 def test_compatibility_options():
@@ -230,6 +253,7 @@ def test_compile_writes_engine_sidecar_and_fp16_onnx(onnx_models, tmp_path, monk
     trt = As11("tensorrt")
     trt.__version__ = "11.4.0"
     monkeypatch.setattr(trt_backend.backend, "import_tensorrt", lambda: (trt, ""))
+    monkeypatch.setenv("EDGERES_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(trt_backend.backend, "check_buildable_here", lambda target, options=None: (True, "test"))
     art = trt_backend.compile(onnx_models["fp32"], get_target("rtx-ada"), tmp_path, precision="fp16",
                               options={"batch": {"min": 1, "opt": 2, "max": 4}})
@@ -242,7 +266,18 @@ def test_compile_writes_engine_sidecar_and_fp16_onnx(onnx_models, tmp_path, monk
     from edgeres.fileio import sha256_file
 
     assert meta["engine_sha256"] == sha256_file(art.path)
-    assert (tmp_path / "timing.cache").is_file()
+    # the timing cache lives outside the artifact directory (an atomic temp dir in build-engine), keyed by
+    # TensorRT version and GPU, and its hash is part of the reproducibility record
+    repro = meta["reproducibility"]
+    cache = Path(repro["timing_cache"]["path"])
+    assert cache.is_file() and tmp_path / "cache" in cache.parents and not (tmp_path / "timing.cache").exists()
+    assert repro["timing_cache"]["sha256"] == sha256_file(cache) and repro["timing_cache"]["sha256_before"] is None
+    assert repro["tensorrt_version"] == "11.4.0" and repro["method"] == "python" and repro["onnx_sha256"]
+    art2 = trt_backend.compile(onnx_models["fp32"], get_target("rtx-ada"), tmp_path / "again", precision="fp16",
+                               options={"batch": {"min": 1, "opt": 2, "max": 4}})
+    again = art2.info["reproducibility"]["timing_cache"]
+    assert again["path"] == str(cache) and again["sha256_before"] == repro["timing_cache"]["sha256"]
+    assert again["reused"] is True
     with pytest.raises(CompileError, match=r"not TensorRT-conformant Q/DQ: \[int32-bias\]"):
         trt_backend.compile(onnx_models["ort"], get_target("rtx-ada"), tmp_path / "bad", precision="int8")
     assert not (tmp_path / "bad" / "model.engine").exists()
@@ -260,8 +295,8 @@ def test_cannot_build_here_says_where_to_build():
     assert not ok and "SM 8.6" in reason
     assert not trt_backend.available() and "tensorrt" in trt_backend.unavailable_reason()
     assert trt_backend.version() is None
-    with pytest.raises(BackendUnavailable, match=r"edgeres\[tensorrt\]"):
-        get_backend("tensorrt")
+    with pytest.raises(BackendUnavailable, match="python3-libnvinfer.*--system-site-packages"):
+        get_backend("tensorrt")  # the fix names JetPack's apt package, never a pip wheel that cannot match
 
 
 @no_trt_here
@@ -310,7 +345,7 @@ def test_cpp_template_is_shipped_and_uses_the_tensorrt_runtime(tmp_path):
     assert trt_backend.cpp_template_files() == ["CMakeLists.txt", "README.md", "main.cpp"]
     files = trt_backend.copy_cpp_template(tmp_path / "cpp")
     cmake = (tmp_path / "cpp" / "CMakeLists.txt").read_text()
-    assert "nvinfer" in cmake and "CUDA::cudart" in cmake and "find_package(CUDAToolkit" in cmake
+    assert "nvinfer" in cmake and "cudart" in cmake
     src = (tmp_path / "cpp" / "main.cpp").read_text()
     for call in ("createInferRuntime", "deserializeCudaEngine", "createExecutionContext", "setInputShape",
                  "setTensorAddress", "enqueueV3", "labels.txt"):
@@ -328,13 +363,21 @@ def test_wheel_carries_the_cpp_template(built_wheel):
 
 
 # ---------------------------------------------------------------- needs an NVIDIA GPU + TensorRT
-def _gpu_target():
+def _gpu_target_record() -> dict:
+    import platform
+
     from edgeres.backends.tensorrt.cuda import gpu_info
 
-    cc = gpu_info()["compute_capability"]
-    return parse_target({"name": "this-gpu", "backend": "tensorrt", "precisions": ["int8", "fp16", "fp32"],
-                         "tensorrt": {"compute_capability": cc, "tensorrt": {"min": "8.5", "max": "99"},
-                                      "batch": {"min": 1, "opt": 4, "max": 8}, "builds_on": "host"}})
+    gpu = gpu_info()
+    return {"name": "this-gpu", "backend": "tensorrt", "precisions": ["int8", "fp16", "fp32"],
+            "arch": {"arm64": "aarch64"}.get(platform.machine(), platform.machine()),
+            "tensorrt": {"compute_capability": gpu["compute_capability"], "tensorrt": {"min": "8.5", "max": "99"},
+                         "batch": {"min": 1, "opt": 4, "max": 8},
+                         "builds_on": "device" if "jetson" in gpu else "host"}}
+
+
+def _gpu_target():
+    return parse_target(_gpu_target_record())
 
 
 needs_gpu = pytest.mark.skipif(not trt_backend.available(),
@@ -362,26 +405,175 @@ def test_engine_matches_onnxruntime_on_gpu(onnx_models, tmp_path, precision):
     assert np.abs(got - ref).max() < tol * max(1.0, np.abs(ref).max())
 
 
+def _gpu_bundle(tmp_path, precision):
+    """A bundle for this GPU from the tiny model: compile builds the engine here (TensorRT + matching GPU)."""
+    from edgeres.pipeline import compile_bundle
+
+    spec = importlib.util.spec_from_file_location("tiny_onnx", ROOT / "tests" / "device" / "tiny_onnx.py")
+    tiny = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tiny)  # the device tier's torch-free model
+    build_resnet_onnx = tiny.build_resnet_onnx
+
+    toml = tmp_path / "this-gpu.toml"
+    rec = _gpu_target_record()
+    trt_rows = "\n".join(f"{k} = {v!r}".replace("'", '"') for k, v in rec["tensorrt"].items()
+                          if not isinstance(v, dict))
+    toml.write_text(f'name = "this-gpu"\nbackend = "tensorrt"\narch = "{rec["arch"]}"\n'
+                    'precisions = ["int8", "fp16", "fp32"]\n[tensorrt]\n' + trt_rows +
+                    '\ntensorrt = { min = "8.5", max = "99" }\nbatch = { min = 1, opt = 4, max = 8 }\n')
+    model = build_resnet_onnx(tmp_path / "tiny.onnx")
+    out = tmp_path / f"bundle-{precision}"
+    compile_bundle(str(model), str(toml), out, precision=precision, calib="builtin", num_calib=64)
+    return out
+
+
 @pytest.mark.gpu
 @pytest.mark.tensorrt
 @needs_gpu
-def test_cpp_example_compiles_and_runs_on_gpu(onnx_models, tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_build_engine_selftests_and_reuses_the_timing_cache_on_gpu(tmp_path, precision):
+    from edgeres.backends.tensorrt.device_build import build_bundle_engine
+    from edgeres.selftest import run_selftest
+
+    out = _gpu_bundle(tmp_path, precision)
+    assert run_selftest(out).passed  # the engine compile built here
+    res = build_bundle_engine(out)  # rebuild on the device: warm timing cache, self-test, record
+    assert res.method == "python" and res.selftest.passed, res.selftest.line()
+    repro = res.bundle.manifest["artifact"]["info"]["reproducibility"]
+    assert repro["timing_cache"]["reused"] is True and repro["tensorrt_version"]
+    if precision == "fp32":
+        assert repro["cleared_flags"] == ["TF32"]
+    assert res.bundle.manifest["selftest"]["passed"] is True
+
+
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+@needs_gpu
+def test_cpp_example_compiles_and_runs_on_gpu(tmp_path):
+    """Built from the bundle's cpp/ with the board's CMake: --selftest passes, and the README's command
+    (../artifact/model.engine) prints class names from the bundle's labels.txt."""
     if not shutil.which("cmake"):
         pytest.skip("cmake not installed")
-    art = trt_backend.compile(onnx_models["fp32"], _gpu_target(), tmp_path / "b", precision="fp32")
-    cpp = tmp_path / "cpp"
-    trt_backend.copy_cpp_template(cpp)
+    out = _gpu_bundle(tmp_path, "int8")
+    cpp = out / "cpp"
     for cmd in (["cmake", "-S", str(cpp), "-B", str(cpp / "build")], ["cmake", "--build", str(cpp / "build")]):
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode and "TensorRT not found" in r.stderr:
             pytest.skip("TensorRT C++ headers/libraries not installed")
         assert r.returncode == 0, r.stderr[-2000:]
-    x = np.random.default_rng(3).standard_normal((2, 3, 16, 16)).astype(np.float32)
-    x.tofile(tmp_path / "input.bin")
-    (tmp_path / "b" / "labels.txt").write_text("\n".join(f"class{i}" for i in range(5)))
-    r = subprocess.run([str(cpp / "build" / "edgeres_trt_classify"), str(art.path), str(tmp_path / "input.bin")],
-                       capture_output=True, text=True)
+    exe = str(cpp / "build" / "edgeres_trt_classify")
+    r = subprocess.run([exe, "../artifact/model.engine", "--selftest", "../golden"], capture_output=True, text=True,
+                       cwd=cpp)
+    assert r.returncode == 0 and r.stdout.startswith("selftest\tPASS"), r.stdout + r.stderr
+    r = subprocess.run([exe, "../artifact/model.engine", "../golden/inputs.f32"], capture_output=True, text=True,
+                       cwd=cpp)
     assert r.returncode == 0, r.stderr
-    top1 = trt_backend.load(art)(x).argmax(1)
+    from edgeres.golden import read_golden
+    from edgeres.runtime import load
+
+    golden = read_golden(out, load(out).bundle.manifest["golden"])
+    top1 = load(out).predict(golden.inputs).argmax(1)
+    names = (out / "labels.txt").read_text().split()
     for n in range(2):
-        assert f"sample {n}:\n  1. class {top1[n]} (class{top1[n]})" in r.stdout
+        assert f"sample {n}:\n  1. class {top1[n]} ({names[top1[n]]})" in r.stdout
+
+
+# ---------------------------------------------------------------- runner and placement (TensorRT's API names)
+class _Engine:
+    """Just the ICudaEngine names TrtRunner uses: one input "input" (dynamic batch 1..4), one output."""
+
+    num_io_tensors = 2
+
+    def get_tensor_name(self, i):
+        return ["input", "logits"][i]
+
+    def get_tensor_mode(self, name):
+        return "INPUT" if name == "input" else "OUTPUT"
+
+    def get_tensor_dtype(self, name):
+        return "FLOAT"
+
+    def get_tensor_shape(self, name):
+        return (-1, 3, 16, 16) if name == "input" else (-1, 5)
+
+    def get_tensor_profile_shape(self, name, profile):
+        return (1, 3, 16, 16), (2, 3, 16, 16), (4, 3, 16, 16)
+
+    def create_execution_context(self):
+        return object()
+
+
+def _runner_trt(events):
+    class Runtime:
+        def __init__(self, logger):
+            self._dla = -1
+
+        @property
+        def DLA_core(self):  # noqa: N802 - TensorRT's Python name
+            return self._dla
+
+        @DLA_core.setter
+        def DLA_core(self, core):  # noqa: N802
+            events.append(("DLA_core", core))
+            self._dla = core
+
+        def deserialize_cuda_engine(self, data):
+            events.append(("deserialize", self._dla))
+            return _Engine()
+
+    class ILogger:
+        Severity = types.SimpleNamespace(WARNING=1)
+
+        def __init__(self):
+            pass
+
+    return types.SimpleNamespace(__version__="10.3.0", Runtime=Runtime, ILogger=ILogger,
+                                 TensorIOMode=types.SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT"),
+                                 nptype=lambda t: np.float32)
+
+
+@pytest.mark.parametrize("dla_core", [0, 1, -1])
+def test_runner_loads_a_dla_engine_on_its_core(tmp_path, dla_core):
+    """Defect 4: the Python runner never set Runtime.DLA_core, so a DLA engine would load for core 0 (or fail)."""
+    from edgeres.backends.tensorrt.runner import TrtRunner
+
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"plan")
+    events = []
+    meta = {"tensorrt_version": "10.3.0", "build": {"dla_core": dla_core}}
+    runner = TrtRunner(_runner_trt(events), engine, meta, io=object())
+    expected = [("DLA_core", dla_core), ("deserialize", dla_core)] if dla_core >= 0 else [("deserialize", -1)]
+    assert events == expected and runner.dla_core == dla_core
+    assert (runner.bmin, runner.bmax, runner.chw) == (1, 4, (3, 16, 16))
+
+
+def test_dla_placement_report():
+    from edgeres.backends.tensorrt.placement import dla_placement, engine_layers, summary
+
+    trt = _fake_trt("10.3.0")
+    layers = [types.SimpleNamespace(name=n, type=f"LayerType.{t}") for n, t in
+              (("conv1", "CONVOLUTION"), ("relu1", "ACTIVATION"), ("topk", "TOPK"))]
+    network = types.SimpleNamespace(num_layers=3, get_layer=lambda i: layers[i])
+    config = types.SimpleNamespace(default_device_type="DLA", DLA_core=1,
+                                   can_run_on_DLA=lambda layer: layer.name != "topk")
+    rep = dla_placement(trt, network, config)
+    assert rep["layers_on_dla"] == 2 and rep["gpu_fallback"] == ["topk"] and rep["layers"][0]["type"] == "CONVOLUTION"
+    assert dla_placement(trt, network, types.SimpleNamespace(default_device_type="GPU")) is None
+    assert "2 layers on the DLA, 1 fall back to the GPU" in summary(rep, None)
+    broken = engine_layers(types.SimpleNamespace(__version__="10.3.0", Runtime=None), b"", None)
+    assert broken["available"] is False and broken["reason"]
+
+
+TRT_HEADERS = [p for p in os.environ.get("EDGERES_TRT_HEADERS", "").split(os.pathsep) if p]
+
+
+@pytest.mark.skipif(not TRT_HEADERS or not shutil.which("g++"),
+                    reason="set EDGERES_TRT_HEADERS=DIR[:DIR...] (TensorRT include dirs, e.g. 8.2 and 10.3) to "
+                           "compile-check the C++ example against them")
+@pytest.mark.parametrize("include", TRT_HEADERS or ["none"])
+def test_cpp_example_compiles_against_tensorrt_headers(include):
+    cuda_inc = os.environ.get("CUDA_INCLUDE", "/usr/local/cuda/include")
+    src = ROOT / "edgeres" / "backends" / "tensorrt" / "cpp_template" / "main.cpp"
+    r = subprocess.run(["g++", "-std=c++17", "-Wall", "-Werror", "-fsyntax-only", "-isystem", include, "-isystem", cuda_inc,
+                        str(src)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]

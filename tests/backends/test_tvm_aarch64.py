@@ -241,3 +241,38 @@ def test_backend_compile_for_rpi4_runs_under_qemu(r20, host_so, arm_runner, tmp_
     from edgeres.backends.tvm.cpp_runner import run_cpp_runner
 
     _assert_close(run_cpp_runner(arm_runner, art.path, r20["x"]).logits, _host_logits(host_so, r20["x"]))
+
+
+@pytest.fixture(scope="module")
+def rpi5_bundle(tmp_path_factory):
+    """An INT8 bundle for rpi5 (ARMv8.2 sdot kernels): cross-compiled here, checked under qemu."""
+    _require_qemu_runtime()
+    from edgeres.pipeline import compile_bundle
+
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tiny_onnx", Path(__file__).parents[1] / "device" / "tiny_onnx.py")
+    tiny = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tiny)
+    root = tmp_path_factory.mktemp("rpi5")
+    out = root / "bundle"
+    compile_bundle(str(tiny.build_resnet_onnx(root / "tiny.onnx")), "rpi5", out, precision="int8", calib="builtin",
+                   num_calib=32)
+    return out
+
+
+@pytest.mark.filterwarnings("ignore:only .* calibration images")
+def test_aarch64_bundle_passes_its_golden_selftest_under_qemu(rpi5_bundle, arm_runner):
+    """`edgeres selftest` runs the aarch64 library in the C++ runner under qemu; the runner's own --selftest
+    reads the same golden files and agrees."""
+    from edgeres.backends.tvm.cpp_runner import run_cpp_selftest
+    from edgeres.selftest import run_selftest
+
+    res = run_selftest(rpi5_bundle)
+    assert res.passed, res.line()
+    assert res.runner == "tvm artifact artifact/model.so" and res.check.samples == 8
+    rec = run_cpp_selftest(arm_runner, rpi5_bundle / "artifact" / "model.so", rpi5_bundle / "golden",
+                           model_shape=(1, 3, 32, 32))
+    assert rec["verdict"] == "PASS" and rec["exit"] == "0" and rec["top1"] == "8/8"
+    assert float(rec["max_abs_err"]) <= float(rec["atol"])
+    assert abs(float(rec["max_abs_err"]) - res.check.max_abs_err) <= 1e-5 + 1e-3 * res.check.max_abs_err

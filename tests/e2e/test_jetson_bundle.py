@@ -71,6 +71,22 @@ def test_build_engine_here_says_where_to_build(jetson_bundle, cli):
         build_bundle_engine(out)
     r = cli("build-engine", out)
     assert r.returncode == 2 and "cannot build the engine here" in r.stderr and "Traceback" not in r.stderr
+    assert "trtexec" in r.stderr and "python3-libnvinfer" in r.stderr
+
+
+def test_jetson_bundle_selftest_runs_the_qdq_model_until_the_engine_exists(jetson_bundle, cli):
+    out, _ = jetson_bundle
+    r = cli("selftest", out)
+    assert r.returncode == 0 and "PASS selftest" in r.stdout and "no engine yet" in r.stdout, r.stdout + r.stderr
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["golden"]["expected_from"] == "model.int8.onnx on ONNX Runtime" and m["golden"]["count"] == 8
+
+
+def test_dla_with_the_qdq_int8_model_is_refused_before_any_work(trained_r20, tmp_path, cli):
+    r = cli("compile", trained_r20, "--target", "jetson", "--precision", "int8", "--calib", "builtin",
+            "--option", "dla_core=0", "--out", tmp_path / "dla")
+    assert r.returncode == 2 and "explicit Q/DQ" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "dla").exists()
 
 
 def test_build_engine_refuses_a_tvm_bundle(trained_r20, tmp_path):

@@ -75,6 +75,23 @@ def test_tvm_artifact_matches_onnxruntime_on_the_same_qdq_model(r20_bundle):
     assert np.abs(tvm_logits - ort_int8).max() < 0.1 * scale
 
 
+def test_golden_selftest_passes_in_python_and_in_the_cpp_runner(r20_bundle, cli):
+    """The bundle checks itself: 8 validation images and the Q/DQ model's ONNX Runtime logits, recorded at
+    compile time; the TVM library (integer kernels) must match them within the INT8 tolerance."""
+    from edgeres.backends.tvm.cpp_runner import cached_runner, run_cpp_selftest
+    from edgeres.selftest import run_selftest
+
+    out, _ = r20_bundle
+    res = run_selftest(out)
+    assert res.passed, res.line()
+    assert res.check.samples == 8 and res.check.max_abs_err < res.check.atol and res.check.decisive_disagree == 0
+    r = cli("selftest", out)
+    assert r.returncode == 0 and r.stdout.startswith("PASS selftest"), r.stdout + r.stderr
+    rec = run_cpp_selftest(cached_runner("host"), out / "artifact" / "model.so", out / "golden",
+                           model_shape=(1, 3, 32, 32))
+    assert rec["verdict"] == "PASS" and float(rec["max_abs_err"]) == pytest.approx(res.check.max_abs_err, abs=1e-5)
+
+
 def test_runtime_and_run_command_classify_pngs(r20_bundle, shapes_dir, cli):
     from edgeres.runtime import load
 
@@ -168,3 +185,7 @@ def test_accuracy_regression_exits_1_and_fallback_repairs_it(fragile_r20, tmp_pa
     fb = m["quantization"]["fallback"]
     assert fb["baseline_drop_top1"] > 1.0 and fb["drop_top1"] <= 1.0 and 1 <= len(fb["layers"]) <= 3
     assert m["validation"]["passed"] is True
+    # the self-test checks the artifact against the deployed model, not accuracy: both bundles pass it
+    for bundle in (plain, fixed):
+        r = cli("selftest", bundle)
+        assert r.returncode == 0 and "PASS selftest" in r.stdout, r.stdout + r.stderr

@@ -24,7 +24,12 @@ TOKEN = re.compile(r"(?<![\w-])--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)")
 OTHER_PROGRAMS = {
     "edgeres/backends/tensorrt/recipe.py": ("trtexec / modelopt", {
         "onnx", "save", "min", "opt", "max", "workspace", "mem", "fp16", "int8", "use", "allow", "version",
-        "hardware", "timing", "output"}),
+        "hardware", "timing", "output", "no"}),  # --noTF32
+    "edgeres/backends/tensorrt/trtexec.py": ("trtexec / python -m venv", {
+        "avg", "duration", "export", "fp16", "help", "int8", "load", "no", "profiling", "shapes",
+        "system-site-packages", "timing", "use", "warm"}),
+    "edgeres/backends/tensorrt/backend.py": ("python -m venv", {"system-site-packages"}),
+    "edgeres/backends/tensorrt/diagnose.py": ("python -m venv / the CUDA runtime", {"system-site-packages", "runtime"}),
     "edgeres/backends/tensorrt/cuda.py": ("nvidia-smi", {"query-gpu", "format"}),
     "edgeres/backends/tvm/cpp_runner.py": ("the C++ runner", {"shape", "topk", "logits", "labels", "repeat"}),
     "edgeres/training/dist.py": ("torchrun", {"nproc-per-node", "flag"}),

@@ -108,7 +108,8 @@ def test_validate_feature_bundle_gates_on_min_cosine(feature_bundle, cli_main, t
     assert "below --min-cosine 0.999999" in r.stderr and "relative error" in r.stdout
     suite = ET.parse(junit).getroot().find("testsuite")
     cases = suite.findall("testcase")
-    assert [c.get("name") for c in cases] == ["cosine c2", "cosine c3", "cosine c4"]
+    assert [c.get("name") for c in cases] == ["cosine c2", "cosine c3", "cosine c4", "selftest"]
+    assert cases[-1].find("failure") is None and cases[-1].find("skipped") is None  # golden outputs reproduced
     assert int(suite.get("failures")) == sum(c.find("failure") is not None for c in cases) >= 1
     r = cli_main("validate", out, "--data", "builtin", "--max-drop", "1")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--min-cosine" in r.stderr

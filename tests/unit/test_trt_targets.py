@@ -18,6 +18,8 @@ TRT_TARGETS = {
     "rtx-ampere": ("8.6", 0, "host", "x86_64"),
     "rtx-ada": ("8.9", 0, "host", "x86_64"),
     "datacenter-hopper": ("9.0", 0, "host", "x86_64"),
+    "datacenter-grace-hopper": ("9.0", 0, "host", "aarch64"),
+    "jetson-thor": ("11.0", 0, "device", "aarch64"),
 }
 
 
@@ -54,11 +56,14 @@ def test_jetson_nano_is_fp16_only_and_old_tensorrt():
 
 def test_tensorrt_version_ranges_are_honest():
     assert version_in_range("10.3.0", **_rng("jetson-agx-orin"))  # JetPack 6.1/6.2
+    assert version_in_range("8.6.2", **_rng("jetson-agx-orin"))  # JetPack 6.0
     assert version_in_range("11.4.1", **_rng("jetson-agx-orin"))  # JetPack 7.2.2+
     assert version_in_range("8.5.2", **_rng("jetson-xavier"))  # JetPack 5.1.x
     assert not version_in_range("10.3.0", **_rng("jetson-xavier"))  # no JetPack 6 for Xavier
     assert not version_in_range("11.4.0", **_rng("jetson-orin-nano"))
     assert version_in_range("11.4.0", **_rng("datacenter-hopper"))
+    assert version_in_range("8.0.1", **_rng("jetson-nano"))  # plain JetPack 4.6
+    assert version_in_range("10.13.0", **_rng("jetson-thor")) and version_in_range("11.4.1", **_rng("jetson-thor"))
 
 
 def _rng(name):
@@ -100,19 +105,32 @@ def test_recipe_fp16_on_tensorrt11_converts_the_onnx_first():
 
 
 def test_recipe_dla_core_pins_the_batch_and_allows_gpu_fallback():
-    r = build_recipe(get_target("jetson-agx-orin"), "int8", options={"dla_core": 1})
+    r = build_recipe(get_target("jetson-agx-orin"), "fp16", options={"dla_core": 1})
+    # only TensorRT versions with DLA: up to 10.7, and 11.4.1+ (JetPack 7.2.2+, strongly typed, FP16 ONNX)
+    assert [v["tensorrt"] for v in r["variants"]] == [{"min": "8.6", "max": "10.7.99"}, {"min": "11.4.1", "max": "11.99"}]
     argv = r["variants"][0]["trtexec_argv"]
-    assert "--useDLACore=1" in argv and "--allowGPUFallback" in argv
+    assert "--useDLACore=1" in argv and "--allowGPUFallback" in argv and "--fp16" in argv
     assert "--minShapes=input:1x3x224x224" in argv and "--maxShapes=input:1x3x224x224" in argv
+    assert "--target_dla" in r["variants"][1]["prepare"][0]
     assert r["batch"] == {"min": 1, "opt": 1, "max": 1}
     assert any("DLA" in n for n in r["notes"])
+    with pytest.raises(UsageError, match="explicit Q/DQ"):
+        build_recipe(get_target("jetson-agx-orin"), "int8", options={"dla_core": 0})
+
+
+def test_recipe_fp32_turns_tf32_off():
+    for target in ("rtx-ampere", "jetson-agx-orin", "jetson-nano"):
+        r = build_recipe(get_target(target), "fp32")
+        assert all("--noTF32" in v["trtexec_argv"] for v in r["variants"])
+        assert not any("--noTF32" in v["trtexec_argv"] for v in build_recipe(get_target(target), "fp16")["variants"])
 
 
 def test_recipe_for_old_jetpack_recommends_trtexec():
     nano = build_recipe(get_target("jetson-nano"), "fp16", input_chw=(3, 32, 32))
     assert len(nano["variants"]) == 1
     argv = nano["variants"][0]["trtexec_argv"]
-    assert "--workspace=512" in argv and "--fp16" in argv  # TensorRT 8.2 has no --memPoolSize
+    assert "--workspace=512" in argv and "--fp16" in argv  # TensorRT 8.0/8.2 have no --memPoolSize
+    assert any("no INT8" in n for n in nano["notes"]) and any("trtexec" in n for n in nano["notes"])
     assert nano["variants"][0]["python_api"].startswith("trtexec only")
     assert nano["recommended"].startswith(TRTEXEC_JETSON)
     xavier = build_recipe(get_target("jetson-xavier"), "int8")

@@ -31,6 +31,7 @@ from edgeres.fileio import sha256_file, write_json
 NAME = "tensorrt"
 ENGINE = "model.engine"
 TIMING_CACHE = "timing.cache"
+LAYERS = "layers.json"
 
 
 def unavailable_reason() -> str:
@@ -38,21 +39,35 @@ def unavailable_reason() -> str:
     from edgeres.backends.tensorrt.cuda import gpu_info
 
     trt, why = import_tensorrt()
+    what = f"TensorRT {trt.__version__}" if trt is not None else None
     if trt is None:
-        return why
-    if gpu_info() is None:
-        return f"TensorRT {trt.__version__} is installed but no CUDA GPU was found"
+        from edgeres.backends.tensorrt.trtexec import find_trtexec
+
+        exe = find_trtexec()
+        if exe is None:
+            return why
+        what = f"trtexec ({exe})"  # JetPack without the Python bindings: engines run through trtexec
+    gpu = gpu_info()
+    if gpu is None:
+        return f"{what} is installed but no CUDA GPU was found"
+    if gpu.get("cuda_error"):
+        return f"{what} is installed but CUDA cannot use {gpu['name']} ({gpu['cuda_error']})"
     return ""
 
 
 def available() -> bool:
-    """True when the ``tensorrt`` package imports and a CUDA GPU is visible."""
+    """True when TensorRT (the Python package, or trtexec) and a usable CUDA GPU are here."""
     return unavailable_reason() == ""
 
 
 def version() -> str | None:
     trt, _ = import_tensorrt()
-    return str(trt.__version__) if trt is not None else None
+    if trt is not None:
+        return str(trt.__version__)
+    from edgeres.backends.tensorrt.trtexec import find_trtexec, trtexec_version
+
+    exe = find_trtexec()
+    return trtexec_version(exe) if exe is not None else None
 
 
 def _check_onnx_for_precision(onnx_path: Path, precision: str, family: str) -> dict[str, Any]:
@@ -105,12 +120,16 @@ def compile(onnx_path: str | os.PathLike, target: Any, out_dir: str | os.PathLik
     if family == "strongly-typed" and precision == "fp16" and not summary["has_fp16"]:
         build_onnx = convert_to_fp16(onnx_path, out_dir / f"{onnx_path.stem}_fp16.onnx")
         converted = True
-    timing = _timing_cache_path(opts, out_dir)
+    gpu = gpu_info() or {}
+    timing = timing_cache_path(opts, str(trt.__version__), gpu.get("compute_capability"))
+    cache_before = sha256_file(timing) if timing is not None and timing.is_file() else None
     t0 = time.perf_counter()
     engine_path = out_dir / ENGINE
     applied = build_engine(trt, build_onnx, engine_path, opts, precision, timing)
     seconds = time.perf_counter() - t0
-    gpu = gpu_info() or {}
+    layers = applied.pop("layers", None)
+    if layers and layers.get("available"):
+        write_json(out_dir / LAYERS, layers)
     meta = {
         "format": "edgeres-tensorrt-engine/1",
         "engine": ENGINE,
@@ -128,9 +147,12 @@ def compile(onnx_path: str | os.PathLike, target: Any, out_dir: str | os.PathLik
         "input_shape": summary["input_shape"],
         "build": {**applied, **opts.to_dict()},
         "build_seconds": round(seconds, 3),
+        "layers": ({"file": LAYERS, "num_layers": layers["num_layers"]} if layers and layers.get("available")
+                   else {"file": None, "reason": (layers or {}).get("reason", "not inspected")}),
     }
+    meta["reproducibility"] = reproducibility(meta, timing, cache_before, method="python")
     write_json(out_dir / SIDECAR, meta)
-    files = [ENGINE, SIDECAR] + ([build_onnx.name] if converted else [])
+    files = [ENGINE, SIDECAR] + ([LAYERS] if (out_dir / LAYERS).is_file() else []) + ([build_onnx.name] if converted else [])
     return Artifact(
         backend=NAME,
         path=engine_path,
@@ -139,24 +161,65 @@ def compile(onnx_path: str | os.PathLike, target: Any, out_dir: str | os.PathLik
         input_shape=tuple(summary["input_shape"]),  # batch is -1 when the engine has a dynamic profile
         files=tuple(files),
         compile_seconds=seconds,
-        info={k: meta[k] for k in ("tensorrt_version", "api", "gpu", "compute_capability", "target", "build")},
+        info={k: meta[k] for k in ("tensorrt_version", "api", "gpu", "compute_capability", "target", "build",
+                                   "reproducibility")},
     )
 
 
-def _timing_cache_path(opts: TrtOptions, out_dir: Path) -> Path | None:
+def timing_cache_path(opts: TrtOptions, trt_version: str, compute_capability: str | None) -> Path | None:
+    """Where the builder's timing cache lives: the ``timing_cache`` option, or one file per TensorRT
+    version and GPU under ``$EDGERES_CACHE_DIR`` (default ``~/.cache/edgeres``)/tensorrt -- never inside
+    the artifact being written, so every later build on this machine starts warm. ``""`` disables it."""
     if opts.timing_cache == "":
         return None
-    return Path(opts.timing_cache) if opts.timing_cache else out_dir / TIMING_CACHE
+    if opts.timing_cache:
+        return Path(opts.timing_cache).expanduser()
+    root = Path(os.environ.get("EDGERES_CACHE_DIR") or Path.home() / ".cache" / "edgeres")
+    return root / "tensorrt" / f"timing-trt{trt_version}-sm{compute_capability or 'unknown'}.cache"
+
+
+def reproducibility(meta: dict[str, Any], timing: Path | None, cache_before: str | None, *, method: str,
+                    command: list[str] | None = None) -> dict[str, Any]:
+    """What it takes to rebuild this engine the same way: TensorRT, GPU, flags, inputs, the timing cache."""
+    import platform
+
+    build = meta.get("build", {})
+    jet = (meta.get("gpu") or {}).get("jetson") or {}
+    return {
+        "method": method, "command": command,
+        "tensorrt_version": meta.get("tensorrt_version"), "api": meta.get("api"),
+        "gpu": (meta.get("gpu") or {}).get("name"), "compute_capability": meta.get("compute_capability"),
+        "l4t": jet.get("l4t"), "jetpack": jet.get("jetpack"),
+        "flags": build.get("flags", []), "cleared_flags": build.get("cleared_flags", []),
+        "onnx_sha256": meta.get("onnx_sha256"), "engine_sha256": meta.get("engine_sha256"),
+        "host": {"machine": platform.machine(), "python": platform.python_version()},
+        "timing_cache": None if timing is None else {
+            "path": str(timing), "sha256_before": cache_before,
+            "sha256": sha256_file(timing) if timing.is_file() else None,
+            "reused": bool(build.get("timing_cache_reused", False))},
+    }
 
 
 def load(artifact: Artifact | str | os.PathLike, target: Any = None) -> Runner:
     """Deserialize the engine and return a Runner (NCHW float32 batch of any size -> logits)."""
-    trt, why = import_tensorrt()
-    if trt is None:
-        raise BackendUnavailable(f"cannot run a TensorRT engine here: {why}; install it with: pip install 'edgeres[tensorrt]'")
+    from edgeres.backends.tensorrt.builder import MIN_PYTHON_API
+    from edgeres.backends.tensorrt.options import parse_version
+
     path = artifact.path if isinstance(artifact, Artifact) else Path(artifact)
     if path.is_dir():
         path = path / ENGINE
+    trt, why = import_tensorrt()
+    if trt is None or parse_version(str(trt.__version__))[:2] < MIN_PYTHON_API:
+        from edgeres.backends.tensorrt.trtexec import TrtexecRunner, find_trtexec
+
+        exe = find_trtexec()
+        if exe is None:
+            why = why or f"TensorRT {trt.__version__} predates the 8.5 Python API"
+            raise BackendUnavailable(f"cannot run a TensorRT engine here: {why}, and there is no trtexec; "
+                                     f"{TensorRTBackend().install_hint()}")
+        if not path.is_file():
+            raise InputError(f"TensorRT engine {path} does not exist; build it with `edgeres build-engine BUNDLE`")
+        return TrtexecRunner(exe, path, read_sidecar(path))
     if not path.is_file():
         raise InputError(f"TensorRT engine {path} does not exist; build it with `edgeres build-engine BUNDLE`")
     return TrtRunner(trt, path, read_sidecar(path))
@@ -202,8 +265,21 @@ class TensorRTBackend(Backend):
         return load(artifact, target)
 
     def preflight(self, target: Any, precision: str, options: Mapping[str, Any] | None = None) -> None:
-        """The options must resolve; TensorRT itself may be absent (the engine is then built on the device)."""
-        resolve_options(target, options)
+        """The options must resolve (and a DLA build be possible); TensorRT itself may be absent (the engine
+        is then built on the device)."""
+        from edgeres.backends.tensorrt.options import check_dla
+
+        check_dla(resolve_options(target, options), precision)
+
+    def install_hint(self) -> str:
+        return ("on Jetson: sudo apt install python3-libnvinfer (JetPack's TensorRT; libnvinfer-bin has trtexec) "
+                "and use a venv made with --system-site-packages; on an x86/SBSA host: pip install tensorrt-cu12 "
+                "(the wheel for your driver's CUDA major)")
+
+    def doctor_checks(self, target: Any, root: Path = Path("/")) -> list[dict[str, Any]]:
+        from edgeres.backends.tensorrt.diagnose import doctor_checks
+
+        return doctor_checks(target, root)
 
     def buildable_here(self, target: Any, options: Mapping[str, Any] | None = None, *,
                        bundle: str = "BUNDLE") -> tuple[bool, str]:

@@ -9,6 +9,12 @@ Two API families, chosen from ``tensorrt.__version__``:
   network is strongly typed, so precision comes from the ONNX itself (Q/DQ for INT8, FP16
   tensors for FP16).
 
+FP32 engines are FP32: ``BuilderFlag.TF32`` (on by default on Ampere and later, in every family
+that has it) is cleared. DLA builds are checked by :func:`~edgeres.backends.tensorrt.options.check_dla`
+(FP16 only; no DLA in TensorRT 10.8-11.4.0). TensorRT 8.0-8.4 (JetPack 4.6 / 5.0) predate the
+name-based Python API: those boards build with the recipe's ``trtexec`` line
+(:mod:`edgeres.backends.tensorrt.trtexec`).
+
 ``configure`` takes the ``tensorrt`` module as an argument so the dispatch can be tested
 without TensorRT; the attribute names it uses are TensorRT's real Python API.
 """
@@ -19,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgeres.backends.tensorrt.options import HARDWARE_COMPAT, TrtOptions, parse_version
+from edgeres.backends.tensorrt.options import HARDWARE_COMPAT, TrtOptions, check_dla, parse_version
 from edgeres.errors import BackendUnavailable, CompileError, InputError, UsageError
 from edgeres.fileio import atomic_path
 
@@ -118,6 +124,12 @@ def configure(trt: Any, builder: Any, network: Any, config: Any, opts: TrtOption
         config.set_flag(getattr(trt.BuilderFlag, name))
         applied["flags"].append(name)
 
+    check_dla(opts, precision, version)
+    if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)  # on by default: FP32 convolutions/matmuls would round to TF32
+        applied["cleared_flags"] = ["TF32"]
+    if hasattr(trt, "ProfilingVerbosity"):
+        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # per-layer report (engine inspector)
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, opts.workspace_mb << 20)
     applied["workspace_mb"] = opts.workspace_mb
     if family == "weakly-typed":
@@ -130,8 +142,6 @@ def configure(trt: Any, builder: Any, network: Any, config: Any, opts: TrtOption
     # strongly typed (TensorRT 11+): precision comes from the ONNX's tensor types and Q/DQ nodes.
     applied["profile"] = add_profile(trt, builder, network, config, opts)
     if opts.uses_dla:
-        if precision == "fp32":
-            raise UsageError("DLA runs FP16 and INT8 only; use --precision fp16 or int8, or dla_core=-1 for the GPU")
         have = int(getattr(builder, "num_DLA_cores", 0))
         if opts.dla_core >= have:
             raise CompileError(f"this device has {have} DLA cores, so DLA core {opts.dla_core} cannot be used; set dla_core=-1")
@@ -153,16 +163,17 @@ def configure(trt: Any, builder: Any, network: Any, config: Any, opts: TrtOption
     return applied
 
 
-def attach_timing_cache(config: Any, path: Path | None) -> Any | None:
-    """Load the timing cache file if present (a new empty cache otherwise) and attach it to ``config``."""
+def attach_timing_cache(config: Any, path: Path | None) -> bool:
+    """Load the timing cache file if present (a new empty cache otherwise) and attach it to ``config``.
+    True when an existing cache was accepted (reused); a cache from another GPU or TensorRT is not."""
     if path is None:
-        return None
+        return False
     data = path.read_bytes() if path.is_file() else b""
     cache = config.create_timing_cache(data)
-    if not config.set_timing_cache(cache, False):  # ignore_mismatch=False: a cache from another GPU is refused
-        cache = config.create_timing_cache(b"")
-        config.set_timing_cache(cache, False)
-    return cache
+    if config.set_timing_cache(cache, False):  # ignore_mismatch=False: a cache from another GPU is refused
+        return bool(data)
+    config.set_timing_cache(config.create_timing_cache(b""), False)
+    return False
 
 
 def save_timing_cache(config: Any, path: Path | None) -> None:
@@ -177,7 +188,10 @@ def save_timing_cache(config: Any, path: Path | None) -> None:
 
 def build_engine(trt: Any, onnx_path: Path, engine_path: Path, opts: TrtOptions, precision: str,
                  timing_cache: Path | None) -> dict[str, Any]:
-    """Parse ``onnx_path``, build, write ``engine_path`` atomically; return the applied settings."""
+    """Parse ``onnx_path``, build, write ``engine_path`` atomically; return the applied settings, with the
+    layer placement (``placement``) and the engine inspector's layer list (``layers``, not in the record)."""
+    from edgeres.backends.tensorrt.placement import dla_placement, engine_layers
+
     require_python_api(trt)
     logger = make_logger(trt)
     builder = trt.Builder(logger)
@@ -191,7 +205,8 @@ def build_engine(trt: Any, onnx_path: Path, engine_path: Path, opts: TrtOptions,
         )
     config = builder.create_builder_config()
     applied = configure(trt, builder, network, config, opts, precision)
-    attach_timing_cache(config, timing_cache)
+    applied["placement"] = dla_placement(trt, network, config)
+    applied["timing_cache_reused"] = attach_timing_cache(config, timing_cache)
     t0 = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
     applied["build_seconds"] = round(time.perf_counter() - t0, 3)
@@ -202,6 +217,7 @@ def build_engine(trt: Any, onnx_path: Path, engine_path: Path, opts: TrtOptions,
         tmp.write_bytes(memoryview(serialized))
     save_timing_cache(config, timing_cache)
     applied["timing_cache"] = str(timing_cache) if timing_cache else None
+    applied["layers"] = engine_layers(trt, serialized, logger, opts.dla_core)
     return applied
 
 

@@ -26,7 +26,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
-from edgeres.errors import InputError, UsageError
+from edgeres.errors import BackendUnavailable, InputError, UsageError
 
 BUILDS_ON = ("device", "host")
 # user-facing spelling -> attribute of trt.HardwareCompatibilityLevel
@@ -47,6 +47,15 @@ def parse_version(text: str) -> tuple[int, ...]:
     if not re.fullmatch(r"\d+(\.\d+)*", s):
         raise InputError(f"{text!r} is not a version number like 10.3 or 8.5.2")
     return tuple(int(p) for p in s.split("."))
+
+
+# TensorRT versions whose builder can target the DLA: up to 10.7 (weakly typed; 10.8-11.3 dropped it),
+# and from 11.4.1 on Jetson AGX Orin under JetPack 7.2.2+ (strongly typed). Thor has no DLA.
+DLA_RANGES = (("0", "10.7.99"), ("11.4.1", "99.99"))
+
+
+def dla_supported(version: str) -> bool:
+    return any(version_in_range(version, lo, hi) for lo, hi in DLA_RANGES)
 
 
 def version_in_range(version: str, lo: str, hi: str) -> bool:
@@ -90,6 +99,28 @@ class TrtOptions:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def check_dla(opts: TrtOptions, precision: str, trt_version: str | None = None) -> None:
+    """Refuse a DLA build that cannot do what it says (one line, with what to do instead).
+
+    DLA runs INT8 only from TensorRT's implicit quantization (a calibrator), never from an explicit
+    Q/DQ model like the one edgeres builds: with GPU fallback every layer would quietly run on the
+    GPU. FP16 runs on the DLA. ``trt_version`` (the installed TensorRT) must be one with DLA support.
+    """
+    if not opts.uses_dla:
+        return
+    if precision == "int8":
+        raise UsageError(f"dla_core={opts.dla_core} with int8: the DLA takes INT8 only from TensorRT's implicit "
+                         "calibration, not the explicit Q/DQ model edgeres builds (every layer would fall back to "
+                         "the GPU); build FP16 on the DLA (--precision fp16 --option dla_core=N) or INT8 on the GPU "
+                         "(dla_core=-1)")
+    if precision == "fp32":
+        raise UsageError("the DLA runs FP16 and INT8 only; use --precision fp16 with dla_core, or dla_core=-1 for the GPU")
+    if trt_version is not None and not dla_supported(trt_version):
+        raise BackendUnavailable(f"TensorRT {trt_version} cannot build for the DLA (10.7 was the last 10.x with DLA; "
+                                 "11.4.1+ has it again on Jetson AGX Orin with JetPack 7.2.2+); "
+                                 "build for the GPU with dla_core=-1")
 
 
 def _int(where: str, key: str, value: Any, lo: int) -> int:

@@ -1,8 +1,10 @@
-"""Running a serialized TensorRT engine (TensorRT >= 8.5 name-based I/O API).
+"""Running a serialized TensorRT engine (TensorRT >= 8.5 name-based I/O API; older boards, or boards
+without the Python bindings, run engines through trtexec: :mod:`edgeres.backends.tensorrt.trtexec`).
 
 ``Runtime.deserialize_cuda_engine`` -> ``create_execution_context`` -> per batch:
 ``set_input_shape`` + ``set_tensor_address`` for every I/O tensor -> ``execute_async_v3``.
-The same calls exist in TensorRT 8.5, 10 and 11.
+The same calls exist in TensorRT 8.5, 10 and 11. A DLA engine gets ``Runtime.DLA_core`` set to the
+core it was built for (recorded in ``engine.json``) before it is deserialized.
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ class TrtRunner:
             )
         self._logger = make_logger(trt)
         self.runtime = trt.Runtime(self._logger)
+        core = meta.get("build", {}).get("dla_core")
+        self.dla_core = -1 if core is None else int(core)
+        if self.dla_core >= 0:
+            self.runtime.DLA_core = self.dla_core  # a DLA engine runs on the core it was built for
         if version_compatible:
             self.runtime.engine_host_code_allowed = True  # version-compatible plans embed a lean runtime
         self.engine = self.runtime.deserialize_cuda_engine(engine_path.read_bytes())

@@ -210,6 +210,28 @@ def run_cpp_runner(exe: str | os.PathLike, so: str | os.PathLike, batch: np.ndar
                         latency_ms=latency, command=cmd)
 
 
+def run_cpp_selftest(exe: str | os.PathLike, so: str | os.PathLike, golden_dir: str | os.PathLike, *,
+                     model_shape: Sequence[int] | None = None, qemu: bool | Sequence[str] | None = None,
+                     timeout: float = 600) -> dict[str, str]:
+    """Run the runner's ``--selftest golden_dir`` and return its ``selftest`` record (``verdict``, ``exit``,
+    ``max_abs_err``, ``top1``, ...). The exit status is 0 on PASS and 1 on FAIL."""
+    exe, so = Path(exe), Path(so)
+    arch = tvm_cross.elf_arch(exe) or tvm_cross.host_arch()
+    prefix = list(qemu) if isinstance(qemu, (list, tuple)) else [] if qemu is False else tvm_cross.qemu_prefix(arch)
+    cmd = [*prefix, str(exe), str(so), "--selftest", str(golden_dir)]
+    if model_shape is not None:
+        cmd += ["--shape", "x".join(str(int(d)) for d in model_shape)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_runner_env(arch))
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("selftest\t")), None)
+    if line is None or proc.returncode not in (0, 1):
+        raise InputError(f"the C++ runner's --selftest failed (exit {proc.returncode}): "
+                         f"{(proc.stderr or proc.stdout).strip()[-500:]}")
+    parts = line.split("\t")
+    rec = {"verdict": parts[1], "exit": str(proc.returncode)}
+    rec.update(p.split("=", 1) for p in parts[2:] if "=" in p)
+    return rec
+
+
 def missing_requirements(arch: str = "host") -> str | None:
     """None when the runner can be built (and run) for ``arch`` here, else a one-line reason."""
     try:

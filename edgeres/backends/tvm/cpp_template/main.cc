@@ -3,6 +3,7 @@
 // Usage:
 //   edgeres_tvm_classify model.so input.bin [--shape NxCxHxW] [--labels labels.txt]
 //                        [--topk 5] [--logits] [--repeat N]
+//   edgeres_tvm_classify model.so --selftest BUNDLE/golden [--shape NxCxHxW]
 //
 // input.bin holds raw little-endian float32 values in NCHW order, already preprocessed
 // (resized, cropped, normalised) as the bundle's manifest.json says. --shape is the input
@@ -14,6 +15,13 @@
 //   top     <sample> <rank> <class index> <logit> <softmax probability> <class name>
 //   logits  <sample> <v0> <v1> ...                      (with --logits)
 //   latency_ms <median> <min> <runs>                     (with --repeat N: N more runs of one group)
+//   selftest <PASS|FAIL> samples=.. max_abs_err=.. atol=.. top1=../.. decisive_flips=.. min_cosine=..
+//            limit_cosine=..                              (with --selftest: exit 0 PASS, 1 FAIL)
+//
+// --selftest runs the bundle's golden inputs (golden/selftest.txt names the files, shapes and
+// tolerances edgeres recorded at compile time) and compares with the expected logits: every logit
+// within atol, every sample's cosine >= min_cosine, and no sample whose expected top-1 leads by
+// more than 2*atol may change it.
 //
 // Runtime calls (TVM >= 0.20 Relax VM through the tvm-ffi C++ API):
 //   Module::LoadFromFile(so) -> "vm_load_executable"() -> "vm_initialization"(kDLCPU, 0, pooled)
@@ -58,11 +66,13 @@ struct Options {
     int topk = 5;
     bool logits = false;
     int repeat = 0;
+    std::string selftest;  // golden directory
 };
 
 void usage() {
     std::cerr << "usage: edgeres_tvm_classify model.so input.bin [--shape NxCxHxW] "
-                 "[--labels labels.txt] [--topk K] [--logits] [--repeat N]\n";
+                 "[--labels labels.txt] [--topk K] [--logits] [--repeat N]\n"
+                 "       edgeres_tvm_classify model.so --selftest BUNDLE/golden [--shape NxCxHxW]\n";
 }
 
 std::vector<int64_t> parseShape(const std::string& text) {
@@ -111,6 +121,8 @@ Options parseArgs(int argc, char** argv) {
             o.repeat = parsePositive(a, next());
         } else if (a == "--logits") {
             o.logits = true;
+        } else if (a == "--selftest") {
+            o.selftest = next();
         } else if (a == "-h" || a == "--help") {
             usage();
             std::exit(0);
@@ -120,6 +132,11 @@ Options parseArgs(int argc, char** argv) {
         } else {
             positional.push_back(a);
         }
+    }
+    if (!o.selftest.empty()) {
+        if (positional.size() != 1) die("--selftest takes the model library only (the inputs come from the golden files)");
+        o.model = positional[0];
+        return o;
     }
     if (positional.size() != 2) {
         usage();
@@ -189,6 +206,105 @@ std::vector<std::string> readLabels(const Options& o) {
 
 std::string firstLine(const std::string& text) {
     return text.substr(0, text.find('\n'));
+}
+
+// --selftest: the golden files edgeres wrote into the bundle (golden/selftest.txt lists them).
+struct Golden {
+    std::vector<float> inputs, expected;
+    std::vector<int64_t> inputShape;  // N C H W
+    int64_t classes = 0;
+    double atol = 0.0, minCosine = 1.0;
+};
+
+Golden readGolden(const std::string& dir) {
+    std::ifstream f(dir + "/selftest.txt");
+    if (!f) die("cannot open " + dir + "/selftest.txt; pass the bundle's golden/ directory to --selftest");
+    Golden g;
+    std::string line, inputsFile, expectedFile;
+    int64_t expectedRows = 0;
+    while (std::getline(f, line)) {
+        std::istringstream ss(line);
+        std::string key;
+        if (!(ss >> key) || key[0] == '#') continue;
+        if (key == "inputs") {
+            g.inputShape.assign(4, 0);
+            ss >> inputsFile >> g.inputShape[0] >> g.inputShape[1] >> g.inputShape[2] >> g.inputShape[3];
+        } else if (key == "expected") {
+            ss >> expectedFile >> expectedRows >> g.classes;
+        } else if (key == "atol") {
+            ss >> g.atol;
+        } else if (key == "min_cosine") {
+            ss >> g.minCosine;
+        }
+        if (ss.fail()) die("malformed line in " + dir + "/selftest.txt: " + line);
+    }
+    if (inputsFile.empty() || expectedFile.empty() || g.classes <= 0 || expectedRows != g.inputShape[0]) {
+        die(dir + "/selftest.txt lacks the inputs/expected records; recompile the bundle");
+    }
+    g.inputs = readFloats(dir + "/" + inputsFile);
+    g.expected = readFloats(dir + "/" + expectedFile);
+    int64_t perSample = g.inputShape[1] * g.inputShape[2] * g.inputShape[3];
+    if (static_cast<int64_t>(g.inputs.size()) != g.inputShape[0] * perSample ||
+        static_cast<int64_t>(g.expected.size()) != expectedRows * g.classes) {
+        die("the golden files in " + dir + " do not have the sizes selftest.txt records; recompile the bundle");
+    }
+    return g;
+}
+
+// Append the first `valid` rows of a logits tensor to `all`.
+void collectLogits(const ffi::Tensor& out, int64_t valid, std::vector<float>* all) {
+    if (out.dtype().code != kDLFloat || out.dtype().bits != 32) die("expected float32 logits", 3);
+    auto shape = out.shape();
+    int64_t rows = shape.size() >= 2 ? shape[0] : 1;
+    int64_t classes = out.numel() / std::max<int64_t>(rows, 1);
+    const float* data = static_cast<const float*>(out.data_ptr());
+    all->insert(all->end(), data, data + std::min(rows, valid) * classes);
+}
+
+// Compare with the expected logits, print the selftest record; return the exit status (0 PASS, 1 FAIL).
+int reportSelftest(const Golden& g, const std::vector<float>& got) {
+    const int64_t n = g.inputShape[0], k = g.classes;
+    if (static_cast<int64_t>(got.size()) != n * k) {
+        std::printf("selftest\tFAIL\tthe model gave %lld values for %lld samples x %lld classes\n",
+                    static_cast<long long>(got.size()), static_cast<long long>(n), static_cast<long long>(k));
+        return 1;
+    }
+    double maxErr = 0.0, minCos = 1.0;
+    int64_t agree = 0, flips = 0;
+    bool finite = true;
+    for (int64_t i = 0; i < n; ++i) {
+        const float* a = got.data() + i * k;
+        const float* e = g.expected.data() + i * k;
+        double dot = 0.0, na = 0.0, ne = 0.0;
+        int64_t ta = 0, te = 0;
+        for (int64_t c = 0; c < k; ++c) {
+            if (!std::isfinite(a[c])) finite = false;
+            maxErr = std::max(maxErr, std::fabs(static_cast<double>(a[c]) - e[c]));
+            dot += static_cast<double>(a[c]) * e[c];
+            na += static_cast<double>(a[c]) * a[c];
+            ne += static_cast<double>(e[c]) * e[c];
+            if (a[c] > a[ta]) ta = c;
+            if (e[c] > e[te]) te = c;
+        }
+        minCos = std::min(minCos, dot / std::max(std::sqrt(na * ne), 1e-12));
+        double second = -INFINITY;
+        for (int64_t c = 0; c < k; ++c) {
+            if (c != te) second = std::max(second, static_cast<double>(e[c]));
+        }
+        bool decisive = k > 1 && (e[te] - second) > 2.0 * g.atol;
+        if (ta == te) {
+            ++agree;
+        } else if (decisive) {
+            ++flips;
+        }
+    }
+    bool pass = finite && maxErr <= g.atol && minCos >= g.minCosine && flips == 0;
+    std::printf("selftest\t%s\tsamples=%lld\tmax_abs_err=%.6g\tatol=%.6g\ttop1=%lld/%lld\tdecisive_flips=%lld"
+                "\tmin_cosine=%.8f\tlimit_cosine=%.8g%s\n",
+                pass ? "PASS" : "FAIL", static_cast<long long>(n), maxErr, g.atol, static_cast<long long>(agree),
+                static_cast<long long>(n), static_cast<long long>(flips), minCos, g.minCosine,
+                finite ? "" : "\tnon-finite outputs");
+    return pass ? 0 : 1;
 }
 
 struct CPUAlloc {
@@ -269,10 +385,26 @@ ffi::Tensor runMain(const ffi::Function& mainFn, const ffi::Tensor& input) {
 
 int main(int argc, char** argv) {
     Options o = parseArgs(argc, argv);
-    std::vector<float> host = readFloats(o.input);
+    const bool selftest = !o.selftest.empty();
+    Golden golden;
+    std::vector<float> host;
     int64_t samples = 0;
-    std::vector<int64_t> shape = resolveShape(o, host.size(), &samples);
-    std::vector<std::string> labels = readLabels(o);
+    std::vector<int64_t> shape;
+    if (selftest) {
+        golden = readGolden(o.selftest);
+        host = golden.inputs;
+        samples = golden.inputShape[0];
+        shape = o.shape.empty() ? std::vector<int64_t>{1, golden.inputShape[1], golden.inputShape[2],
+                                                        golden.inputShape[3]} : o.shape;
+        if (!std::equal(shape.begin() + 1, shape.end(), golden.inputShape.begin() + 1)) {
+            die("--shape does not match the golden inputs' C x H x W; pass the shape the library was compiled for");
+        }
+    } else {
+        host = readFloats(o.input);
+        shape = resolveShape(o, host.size(), &samples);
+    }
+    std::vector<std::string> labels = selftest ? std::vector<std::string>{} : readLabels(o);
+    std::vector<float> collected;
     ffi::Module lib = loadLibrary(o.model);
     try {
         auto load = lib->GetFunction("vm_load_executable", true);
@@ -297,8 +429,14 @@ int main(int argc, char** argv) {
             int64_t valid = std::min(batch, samples - first);
             std::copy(host.begin() + first * per, host.begin() + (first + valid) * per, dst);
             std::fill(dst + valid * per, dst + batch * per, 0.0f);
-            printResults(o, runMain(*mainFn, input), first, valid, labels);
+            ffi::Tensor out = runMain(*mainFn, input);
+            if (selftest) {
+                collectLogits(out, valid, &collected);
+            } else {
+                printResults(o, out, first, valid, labels);
+            }
         }
+        if (selftest) return reportSelftest(golden, collected);
 
         if (o.repeat > 0) {
             std::vector<double> ms;
