@@ -71,7 +71,7 @@ def any_report_table(report) -> Table:
 
 def print_bundle_report(bundle: Path) -> None:
     from edgeres.bundle import REPORT
-    from edgeres.similarity import report_from_dict
+    from edgeres.reports import report_from_dict
 
     path = Path(bundle) / REPORT
     if path.is_file():

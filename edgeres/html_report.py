@@ -23,7 +23,8 @@ from edgeres.errors import InputError
 from edgeres.fileio import atomic_path
 from edgeres.html_page import Raw, badge, card, code, esc, img, kv_table, note, page, pct, table
 from edgeres.html_sections import accuracy_section, calibration_section, features_section, gates_table
-from edgeres.similarity import FeatureReport, report_from_dict
+from edgeres.reports import report_from_dict
+from edgeres.similarity import FeatureReport
 
 BENCH_FILE = "bench.json"  # `edgeres bench BUNDLE --json BUNDLE/bench.json` puts it where the report finds it
 SENSITIVITY_FILE = "sensitivity.json"  # likewise `edgeres sensitivity ... --json BUNDLE/sensitivity.json`

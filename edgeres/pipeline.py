@@ -20,6 +20,7 @@ from edgeres.evaluate import AccuracyReport, compare
 from edgeres.fileio import atomic_dir, sha256_file, write_json
 from edgeres.preprocessing import Preprocessing
 from edgeres.targets import Target, get_target
+from edgeres.reports import regression_message, validation_record
 from edgeres.task import Task, check_task
 
 DEFAULT_NUM_CALIB = 512
@@ -183,27 +184,6 @@ def compile_bundle(
     if report is not None and not report.passed:
         raise AccuracyRegression(regression_message(report, out))
     return result
-
-
-def validation_record(report: Any, data: str | None) -> dict[str, Any] | None:
-    """The manifest's ``validation`` entry for an AccuracyReport or a FeatureReport."""
-    if report is None:
-        return None
-    if isinstance(report, AccuracyReport):
-        return {"report": REPORT, "passed": report.passed, "drop_top1": report.drop_top1, "data": data}
-    return {"report": REPORT, "passed": report.passed, "min_cosine": report.min_cosine,
-            "worst_cosine": report.worst.mean_cosine, "data": data}
-
-
-def regression_message(report: Any, out: Path) -> str:
-    """The one-line AccuracyRegression message for a failed report of the bundle ``out``."""
-    hint = "try --method percentile/mse, more --num-calib images, or --precision fp32"
-    if isinstance(report, AccuracyReport):
-        return (f"top-1 dropped {report.drop_top1:.2f} points (limit {report.max_drop}); bundle written to {out} "
-                f"with the failing report — {hint}")
-    w = report.worst
-    return (f"feature output {w.name} has mean cosine {w.mean_cosine:.4f} against FP32, below --min-cosine "
-            f"{report.min_cosine}; bundle written to {out} with the failing report — {hint}")
 
 
 def _preflight(source: str, target: str | Target, precision: str | None, weights: str | None, calib: str | None,

@@ -69,15 +69,6 @@ class FeatureReport:
                    d.get("context", {}))
 
 
-def report_from_dict(d: dict[str, Any]) -> Any:
-    """An AccuracyReport or a FeatureReport, as the record's ``task`` says (none: accuracy)."""
-    if d.get("task") == "features":
-        return FeatureReport.from_dict(d)
-    from edgeres.evaluate import AccuracyReport
-
-    return AccuracyReport.from_dict(d)
-
-
 class _Acc:
     """Running sums for one output."""
 
@@ -142,4 +133,4 @@ def compare_features(
     return FeatureReport(outs, n, min_cosine, passed, time.perf_counter() - t0, dict(context or {}))
 
 
-__all__ = ["DEFAULT_MIN_COSINE", "FeatureReport", "OutputSimilarity", "compare_features", "report_from_dict"]
+__all__ = ["DEFAULT_MIN_COSINE", "FeatureReport", "OutputSimilarity", "compare_features"]

@@ -75,7 +75,8 @@ def build_bundle_engine(bundle: str | os.PathLike, *, options: dict[str, Any] | 
     from edgeres.backends import get_backend
     from edgeres.backends.tensorrt.options import check_dla, resolve_options
     from edgeres.backends.tensorrt.trtexec import build_method
-    from edgeres.pipeline import get_target_from_manifest, regression_message, validate_bundle, validation_record
+    from edgeres.pipeline import get_target_from_manifest, validate_bundle
+    from edgeres.reports import regression_message, validation_record
 
     b = load_bundle(bundle)
     if b.backend != "tensorrt":
