@@ -47,6 +47,8 @@ def workflow_env(text: str) -> dict[str, str]:
             inside = True
             continue
         if inside:
+            if not line.strip() or line.strip().startswith("#"):
+                continue
             m = re.match(r"^\s+([A-Z_][A-Z0-9_]*):\s*(\"[^\"]*\"|'[^']*'|[^#\s]+)", line)
             if not m:
                 break
