@@ -80,6 +80,13 @@ class Bundle:
         return self.preprocessing.class_names
 
     @property
+    def task(self):  # -> edgeres.task.Task
+        """What the model computes: a classifier (bundles without a record) or a feature extractor."""
+        from edgeres.task import Task
+
+        return Task.from_dict(self.manifest.get("task"))
+
+    @property
     def precision(self) -> str:
         return self.manifest["precision"]
 

@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from edgeres.cli_format import console, parse_options, pct, print_bundle_report, report_table
+from edgeres.cli_format import any_report_table, console, parse_options, pct, print_bundle_report, report_table
 from edgeres.errors import AccuracyRegression, EdgeresError, UsageError
 
 app = typer.Typer(
@@ -30,6 +30,9 @@ app = typer.Typer(
 err = Console(stderr=True)
 
 TargetsDir = typer.Option(None, "--targets-dir", help="Extra directory of target .toml files.")
+TaskOpt = typer.Option(None, "--task", help="classify (default) | features: the backbone's stage outputs for a "
+                       "detector (c2..c5 = layer1..layer4, strides 4/8/16/32; CIFAR ResNets: c2..c4).")
+FeaturesOpt = typer.Option(None, "--features", help="With --task features: which outputs, e.g. c3,c4,c5 (default all).")
 
 
 @app.command()
@@ -124,6 +127,8 @@ def export(
     out: Path = typer.Option(..., "--out", help="Output .onnx file."),
     weights: Optional[str] = typer.Option(None, "--weights", help="torchvision-format .pth for a zoo name, or 'random'."),
     opset: int = typer.Option(17, "--opset"),
+    task: Optional[str] = TaskOpt,
+    features: Optional[str] = FeaturesOpt,
 ):
     """Export to ONNX (dynamic batch), checked for parity with PyTorch on ONNX Runtime."""
     from edgeres.export import OnnxSource, export_onnx, resolve_source
@@ -131,9 +136,10 @@ def export(
     src = resolve_source(source, weights)
     if isinstance(src, OnnxSource):
         raise UsageError(f"{source} is already ONNX; pass it to `edgeres quantize` or `edgeres compile`")
-    res = export_onnx(src, out, opset=opset)
-    console.print(f"[green]exported[/green] {res.model_name} -> {res.path} (opset {res.opset}, "
-                  f"max |ONNX Runtime - PyTorch| {res.max_abs_diff:.2e} at logit scale {res.logit_scale:.2f})")
+    res = export_onnx(src, out, opset=opset, task=task, features=features)
+    what = f"{res.task.describe()} " if res.task.is_features else ""
+    console.print(f"[green]exported[/green] {res.model_name} {what}-> {res.path} (opset {res.opset}, "
+                  f"max |ONNX Runtime - PyTorch| {res.max_abs_diff:.2e} at output scale {res.logit_scale:.2f})")
 
 
 @app.command(name="compile")
@@ -156,6 +162,10 @@ def compile_cmd(
     tuning_db: Optional[Path] = typer.Option(None, "--tuning-db", help="TVM MetaSchedule database (edgeres tune)."),
     option: Optional[List[str]] = typer.Option(None, "--option", help="Backend option key=value (threads=4, layout=NCHW, conv=topi, dla_core=0)."),
     targets_dir: Optional[List[Path]] = TargetsDir,
+    task: Optional[str] = TaskOpt,
+    features: Optional[str] = FeaturesOpt,
+    min_cosine: Optional[float] = typer.Option(None, "--min-cosine", help="--task features: least mean cosine per "
+                                               "output vs FP32 on --val images (default 0.98)."),
 ):
     """Export, quantize, compile and validate into a deployment bundle."""
     from edgeres.pipeline import compile_bundle
@@ -168,13 +178,13 @@ def compile_cmd(
             source, target, out, precision=precision, weights=weights, calib=calib, val=val, method=method,
             num_calib=num_calib, calib_cache=calib_cache, per_channel=per_channel, max_drop=max_drop,
             val_limit=val_limit, fallback=fallback, targets_dirs=tuple(targets_dir or ()), log=lambda s: console.print(f"  {s}"),
-            backend_options=_backend_options(option, tuning_db),
+            backend_options=_backend_options(option, tuning_db), task=task, features=features, min_cosine=min_cosine,
         )
     except AccuracyRegression:
         print_bundle_report(out)
         raise
     if res.report is not None:
-        console.print(report_table(res.report))
+        console.print(any_report_table(res.report))
     for n in res.notes:
         console.print(f"[yellow]note:[/yellow] {n}")
     console.print(f"[green]bundle[/green] {res.bundle} ({res.target.name}, {res.precision})")
@@ -196,16 +206,44 @@ def validate(
     max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Top-1 points allowed (default: the target's)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use at most this many images."),
+    max_drop_top5: Optional[float] = typer.Option(None, "--max-drop-top5", help="Top-5 points allowed (default: not gated)."),
+    min_agreement: Optional[float] = typer.Option(None, "--min-agreement", help="Least fraction of images where artifact "
+                                                  "and FP32 agree on top-1, e.g. 0.99 (default: not gated)."),
+    min_cosine: Optional[float] = typer.Option(None, "--min-cosine", help="Feature bundles: least mean cosine per "
+                                               "output vs FP32 (default 0.98)."),
+    junit: Optional[Path] = typer.Option(None, "--junit", help="Write JUnit XML: one test case per gate (for CI)."),
+    summary: Optional[Path] = typer.Option(None, "--summary", help="Write a Markdown table (appended when FILE is "
+                                           "$GITHUB_STEP_SUMMARY)."),
 ):
-    """Top-1/top-5 of the bundle's artifact vs its FP32 reference; exit 1 when --max-drop is broken."""
+    """Top-1/top-5 of the bundle's artifact vs its FP32 reference (a feature bundle: cosine per output);
+    exit 1 when a gate (--max-drop, --max-drop-top5, --min-agreement, --min-cosine) is broken."""
+    from edgeres.bundle import load_bundle
+    from edgeres.ci_report import check_output_file, write_ci_files
+    from edgeres.gates import bundle_selftest_gate, failed, report_gates
     from edgeres.pipeline import validate_bundle
 
-    report = validate_bundle(bundle, data, max_drop=max_drop, limit=limit)
+    for path, opt, example in ((junit, "--junit", "edgeres-junit.xml"), (summary, "--summary", "summary.md"),
+                               (json_out, "--json", "report.json")):
+        check_output_file(path, opt, example)
+    b = load_bundle(bundle)
+    if b.task.is_features and (max_drop_top5 is not None or min_agreement is not None):
+        raise UsageError(f"{bundle} is a feature extractor: --max-drop-top5/--min-agreement gate classifiers; "
+                         "use --min-cosine")
+    report = validate_bundle(b, data, max_drop=max_drop, limit=limit, min_cosine=min_cosine)
+    gates = report_gates(report) if b.task.is_features else report_gates(
+        report, max_drop_top5=max_drop_top5, min_agreement=min_agreement)
+    selftest = bundle_selftest_gate(b)
+    if selftest is not None:
+        gates.append(selftest)
+        console.print(f"selftest: {selftest.message}", markup=False, highlight=False, soft_wrap=True)
     if json_out:
         report.write(json_out)
-    console.print(report_table(report))
-    if not report.passed:
-        err.print(f"error: top-1 dropped {report.drop_top1:.2f} points, more than --max-drop {report.max_drop}")
+    console.print(any_report_table(report))
+    write_ci_files(report, gates, bundle, junit=junit, summary=summary)
+    bad = failed(gates)
+    for g in bad:
+        err.print(f"error: {g.message}", markup=False, highlight=False, soft_wrap=True)
+    if bad:
         raise typer.Exit(1)
 
 
@@ -220,6 +258,12 @@ def run(
     from edgeres.runtime import load
 
     pred = load(bundle, backend=backend)
+    if pred.bundle.task.is_features:
+        for path, x in zip(images, pred.preprocess(images)):
+            console.print(f"[bold]{path}[/bold]")
+            for name, f in pred.features(x[None]).items():
+                console.print(f"  {name}  {'x'.join(map(str, f.shape[1:]))}  mean {f.mean():.4f}  max {f.max():.4f}")
+        return
     for path, result in zip(images, pred.classify(images, top_k=top_k)):
         console.print(f"[bold]{path}[/bold]")
         for name, p in result:
@@ -232,9 +276,11 @@ def bench(
     vs: Optional[List[str]] = typer.Option(None, "--vs", help="Peers: onnxruntime, torch (repeatable)."),
     batch_size: int = typer.Option(1, "--batch-size"),
     repeats: int = typer.Option(50, "--repeats"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the medians (and this CPU's name) as "
+                                            "JSON; `edgeres report` shows them."),
 ):
     """Median latency of the bundle's artifact beside ONNX Runtime / PyTorch."""
-    from edgeres.latency import measure_latency
+    from edgeres.latency import measure_latency, write_latency
 
     peers = ["artifact"]
     for v in vs or ["onnxruntime"]:
@@ -245,6 +291,8 @@ def bench(
         else:
             raise UsageError(f"unknown --vs {v!r}; choose onnxruntime or torch")
     res = measure_latency(bundle, peers, batch_size=batch_size, repeats=repeats)
+    if json_out:
+        write_latency(json_out, res, bundle=bundle, batch_size=batch_size, repeats=repeats)
     t = Table(title=f"latency, batch {batch_size} (median ms)")
     t.add_column("runner")
     t.add_column("ms", justify="right")
@@ -295,11 +343,12 @@ def quickstart(
     console.print(f"bundle: {res.bundle}   try: edgeres run {res.bundle} IMAGE.png")
 
 
-from edgeres import cli_deploy, cli_quantize, cli_tune  # noqa: E402
+from edgeres import cli_deploy, cli_quantize, cli_report, cli_tune  # noqa: E402
 
 cli_quantize.register(app, console)
 cli_tune.register(app, console)
 cli_deploy.register(app, console)
+cli_report.register(app, console)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001

@@ -36,9 +36,9 @@ def build_engine_cmd(
     if res.selftest is not None:
         console.print(res.selftest.line(), markup=False, highlight=False)
     if res.report is not None:
-        from edgeres.cli_format import report_table
+        from edgeres.cli_format import any_report_table
 
-        console.print(report_table(res.report))
+        console.print(any_report_table(res.report))
 
 def selftest(
     bundle: Path = typer.Argument(..., help="Bundle directory."),

@@ -49,10 +49,30 @@ def report_table(report, title: str = "Accuracy") -> Table:
     return t
 
 
+def feature_table(report, title: str = "Feature outputs vs FP32") -> Table:
+    t = Table(title=title)
+    for c in ("output", "shape", "mean cosine", "worst image", "relative error", "max |diff|"):
+        t.add_column(c, justify="left" if c in ("output", "shape") else "right")
+    for o in report.outputs:
+        t.add_row(o.name, "x".join(map(str, o.shape)), f"{o.mean_cosine:.4f}", f"{o.min_cosine:.4f}",
+                  f"{o.rel_error:.4f}", f"{o.max_abs_error:.4g}")
+    ctx = report.context
+    t.caption = (f"{report.num_images} images · {ctx.get('precision', '?')}, {ctx.get('backend', '?')} · "
+                 f"min cosine {report.min_cosine} · {'PASSED' if report.passed else 'FAILED'}")
+    return t
+
+
+def any_report_table(report) -> Table:
+    """:func:`report_table` for an AccuracyReport, :func:`feature_table` for a FeatureReport."""
+    from edgeres.similarity import FeatureReport
+
+    return feature_table(report) if isinstance(report, FeatureReport) else report_table(report)
+
+
 def print_bundle_report(bundle: Path) -> None:
     from edgeres.bundle import REPORT
-    from edgeres.evaluate import AccuracyReport
+    from edgeres.reports import report_from_dict
 
     path = Path(bundle) / REPORT
     if path.is_file():
-        console.print(report_table(AccuracyReport.from_dict(json.loads(path.read_text()))))
+        console.print(any_report_table(report_from_dict(json.loads(path.read_text()))))

@@ -43,6 +43,9 @@ def _register_quantize(app: typer.Typer, console) -> None:  # noqa: ANN001
             raise UsageError("pass --calib DIR (calibration images) or an existing --calib-cache FILE")
         if max_drop is not None and val is None:
             raise UsageError("--max-drop needs --val DIR (labelled images to measure the drop on)")
+        if val is not None and src.task.is_features:
+            raise UsageError(f"{onnx_path} is a feature extractor: --val measures a classifier's top-1 drop; "
+                             "quantize without --val and compare the outputs with `edgeres validate --min-cosine`")
         batches, fingerprint = open_calibration(calib, src.preprocessing, num_calib)
         val_ds = open_data(val, "val", src.preprocessing, limit=val_limit) if val else None
         cache = calib_cache or out.with_suffix(".calib.json")
@@ -85,6 +88,9 @@ def _register_sensitivity(app: typer.Typer, console) -> None:  # noqa: ANN001
         from edgeres.quantize.sensitivity import analyze
 
         src = onnx_source(onnx_path)
+        if src.task.is_features:
+            raise UsageError(f"{onnx_path} is a feature extractor: sensitivity ranks layers by top-1 on labelled "
+                             "images, which needs a classifier")
         if calib is None and (calib_cache is None or not calib_cache.is_file()):
             raise UsageError("pass --calib DIR (calibration images) or an existing --calib-cache FILE")
         batches, fingerprint = open_calibration(calib, src.preprocessing, num_calib)

@@ -18,6 +18,7 @@ from edgeres.errors import InputError
 from edgeres.fileio import write_json
 
 Runner = Callable[[np.ndarray], np.ndarray]
+CONFUSION_MAX_CLASSES = 100  # confusion matrices are stored up to this many classes (100 x 100 counts)
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,10 @@ class AccuracyReport:
     passed: bool
     seconds: float
     context: dict[str, Any] = field(default_factory=dict)  # model, target, precision, backend, data
+    # per class: "count" (images), "reference_top1" / "artifact_top1" (correct top-1 predictions)
+    per_class: dict[str, list[int]] | None = None
+    # "reference" / "artifact": [true class][predicted class] counts (up to CONFUSION_MAX_CLASSES classes)
+    confusion: dict[str, list[list[int]]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -56,6 +61,7 @@ class AccuracyReport:
             drop_top1=d["drop_top1"], drop_top5=d["drop_top5"], agreement_top1=d["agreement_top1"],
             mean_cosine=d["mean_cosine"], num_images=d["num_images"], max_drop=d.get("max_drop"),
             passed=d["passed"], seconds=d.get("seconds", 0.0), context=d.get("context", {}),
+            per_class=d.get("per_class"), confusion=d.get("confusion"),
         )
 
 
@@ -85,6 +91,7 @@ def compare(
     n = 0
     ref1 = ref5 = art1 = art5 = agree = 0
     cos_sum = 0.0
+    classes = _ClassCounts()
     for x, y in batches:
         y = np.asarray(y, dtype=np.int64)
         if (y < 0).any():
@@ -104,6 +111,7 @@ def compare(
         art5 += int(topk_hits(la, y, 5).sum())
         agree += int((lr.argmax(1) == la.argmax(1)).sum())
         cos_sum += float(_cosine(lr, la).sum())
+        classes.update(y, lr.argmax(1), la.argmax(1), lr.shape[1])
         n += len(y)
     if n == 0:
         raise InputError("no validation images; pass --data DIR with DIR/<class>/*.png (or DIR/val/<class>/...)")
@@ -116,4 +124,37 @@ def compare(
         reference=ref, artifact=art, drop_top1=drop1, drop_top5=drop5, agreement_top1=agree / n,
         mean_cosine=cos_sum / n, num_images=n, max_drop=max_drop, passed=passed,
         seconds=time.perf_counter() - t0, context=dict(context or {}),
+        per_class=classes.per_class(), confusion=classes.confusion(),
     )
+
+
+class _ClassCounts:
+    """Per-class image and correct counts, and the confusion matrices for up to CONFUSION_MAX_CLASSES classes."""
+
+    def __init__(self) -> None:
+        self.k = 0
+        self.count = self.ref = self.art = np.zeros(0, np.int64)
+        self.conf_ref = self.conf_art = np.zeros((0, 0), np.int64)
+
+    def update(self, y: np.ndarray, pred_ref: np.ndarray, pred_art: np.ndarray, k: int) -> None:
+        if self.k == 0:
+            self.k = k
+            self.count, self.ref, self.art = (np.zeros(k, np.int64) for _ in range(3))
+            if k <= CONFUSION_MAX_CLASSES:
+                self.conf_ref, self.conf_art = np.zeros((k, k), np.int64), np.zeros((k, k), np.int64)
+        np.add.at(self.count, y, 1)
+        np.add.at(self.ref, y[pred_ref == y], 1)
+        np.add.at(self.art, y[pred_art == y], 1)
+        if self.conf_ref.size:
+            np.add.at(self.conf_ref, (y, pred_ref), 1)
+            np.add.at(self.conf_art, (y, pred_art), 1)
+
+    def per_class(self) -> dict[str, list[int]] | None:
+        if not self.k:
+            return None
+        return {"count": self.count.tolist(), "reference_top1": self.ref.tolist(), "artifact_top1": self.art.tolist()}
+
+    def confusion(self) -> dict[str, list[list[int]]] | None:
+        if not self.conf_ref.size:
+            return None
+        return {"reference": self.conf_ref.tolist(), "artifact": self.conf_art.tolist()}

@@ -13,7 +13,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -22,6 +22,7 @@ from edgeres.checkpoint import LoadedModel, load_checkpoint
 from edgeres.errors import InputError, ParityError, UsageError
 from edgeres.fileio import atomic_path
 from edgeres.preprocessing import Preprocessing, read_onnx_preprocessing, write_onnx_preprocessing
+from edgeres.task import CLASSIFY, FEATURES, Task, check_task, read_onnx_task, write_onnx_task
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -39,6 +40,7 @@ class ExportResult:
     seconds: float
     preprocessing: Preprocessing
     model_name: str
+    task: Task = Task()
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,40 @@ class OnnxSource:
     path: Path
     preprocessing: Preprocessing
     model_name: str
+    task: Task = Task()
+
+
+def resolve_onnx_task(model: Any, path: str | os.PathLike, task: str | None) -> Task:
+    """The task of an ONNX file: its metadata's, unless ``task`` says otherwise (where that can hold)."""
+    from edgeres.task import features_from_graph
+
+    kind = None if task is None else check_task(task)
+    recorded = read_onnx_task(model)
+    if recorded is not None and kind is not None and recorded.kind != kind:
+        if recorded.is_features:
+            raise UsageError(f"{path} is a feature extractor ({recorded.describe()}); pass --task features "
+                             "(or export a classifier)")
+        raise UsageError(f"{path} is an edgeres classifier; for a backbone, export its checkpoint with "
+                         "`edgeres export CHECKPOINT --task features`")
+    if recorded is not None:
+        return recorded
+    return features_from_graph(model, str(path)) if kind == FEATURES else Task(CLASSIFY)
+
+
+def check_onnx_task(model: Any, path: str | os.PathLike, kind: str) -> None:
+    """InputError when the graph's inputs/outputs do not fit ``kind``."""
+    from edgeres.onnx_io import graph_io
+
+    io = graph_io(model)
+    if kind == FEATURES:
+        if len(io.inputs) != 1 or not io.outputs:
+            raise InputError(f"{path} must have one image input and at least one feature output; it has "
+                             f"{len(io.inputs)} inputs and {len(io.outputs)} outputs")
+        return
+    if len(io.inputs) != 1 or len(io.outputs) != 1:
+        raise InputError(f"{path} must have one image input and one logits output; it has "
+                         f"{len(io.inputs)} inputs and {len(io.outputs)} outputs"
+                         + ("; for a feature extractor pass --task features" if len(io.outputs) > 1 else ""))
 
 
 def onnx_input_info(model: Any) -> tuple[str, list[int | str]]:
@@ -61,12 +97,16 @@ def onnx_input_info(model: Any) -> tuple[str, list[int | str]]:
     return inp.name, list(inp.dims)
 
 
-def onnx_source(path: str | os.PathLike, preprocessing: Preprocessing | None = None) -> OnnxSource:
+def onnx_source(path: str | os.PathLike, preprocessing: Preprocessing | None = None,
+                task: str | None = None) -> OnnxSource:
     """An existing ONNX file as a model source. Without edgeres metadata, ImageNet
-    preprocessing at the file's input size is assumed (with a warning) unless given."""
-    from edgeres.onnx_io import load_classifier
+    preprocessing at the file's input size is assumed (with a warning) unless given.
+    ``task``: None (the file's own record, else classify), ``classify`` or ``features``."""
+    from edgeres.onnx_io import load_model
 
-    model = load_classifier(path)
+    model = load_model(path, check=True)
+    tsk = resolve_onnx_task(model, path, task)
+    check_onnx_task(model, path, tsk.kind)
     _, dims = onnx_input_info(model)
     pre = preprocessing or read_onnx_preprocessing(model)
     if pre is None:
@@ -81,6 +121,7 @@ def onnx_source(path: str | os.PathLike, preprocessing: Preprocessing | None = N
             pre = Preprocessing(input_size=(h, w), resize=pre.resize, mean=pre.mean, std=pre.std)
         out_dim = model.graph.output[0].type.tensor_type.shape.dim
         n = out_dim[-1].dim_value if out_dim and out_dim[-1].HasField("dim_value") else 0
+        n = 0 if tsk.is_features else n  # a backbone has no classes
         pre = pre.with_classes([str(i) for i in range(n)])
         classes = f" and class names 0..{n - 1}" if n else ""
         warnings.warn(
@@ -93,14 +134,16 @@ def onnx_source(path: str | os.PathLike, preprocessing: Preprocessing | None = N
     for prop in model.metadata_props:
         if prop.key == MODEL_METADATA_KEY:
             name = json.loads(prop.value).get("name", name)
-    return OnnxSource(Path(path), pre, name)
+    return OnnxSource(Path(path), pre, name, tsk)
 
 
-def resolve_source(source: str, weights: str | None = None, **model_kwargs: Any) -> LoadedModel | OnnxSource:
+def resolve_source(source: str, weights: str | None = None, *, task: str | None = None,
+                   **model_kwargs: Any) -> LoadedModel | OnnxSource:
     """Turn what the user typed into a loaded model or an ONNX source.
 
     ``source`` is an edgeres checkpoint (.pt), an ONNX file, or a zoo name; a zoo
-    name needs ``weights`` (a torchvision/timm-format file, or ``"random"``).
+    name needs ``weights`` (a torchvision/timm-format file, or ``"random"``). ``task``
+    only matters for an ONNX file here (a checkpoint's task is chosen at export).
     """
     from edgeres.compat import require_torch
 
@@ -108,7 +151,7 @@ def resolve_source(source: str, weights: str | None = None, **model_kwargs: Any)
     if p.suffix.lower() == ".onnx":
         if weights:
             raise UsageError("--weights applies to a zoo name, not to an ONNX file")
-        return onnx_source(p)
+        return onnx_source(p, task=task)
     if p.exists() or any(s in source for s in ("/", os.sep)) or p.suffix.lower() in (".pt", ".pth", ".bin", ".ckpt"):
         if weights:
             raise UsageError("--weights applies to a zoo name; a checkpoint already holds its weights")
@@ -142,6 +185,21 @@ def resolve_source(source: str, weights: str | None = None, **model_kwargs: Any)
     return LoadedModel(model, source, pre, dict(model_kwargs), meta, source)
 
 
+def _task_module(loaded: LoadedModel, task: str | None, features: Any) -> tuple[Any, Task, Preprocessing]:
+    """(module to export, its Task, its preprocessing): the model itself, or its stage outputs."""
+    kind = check_task(task)
+    if features is not None and kind != FEATURES:
+        raise UsageError("--features needs --task features")
+    if kind != FEATURES:
+        return loaded.model.eval(), Task(CLASSIFY), loaded.preprocessing
+    from edgeres.models.features import feature_extractor, feature_names
+    from edgeres.task import parse_feature_names
+
+    names = parse_feature_names(features, feature_names(loaded.model, loaded.name))
+    module, rec = feature_extractor(loaded.model.eval(), names, loaded.preprocessing.input_size)
+    return module, rec, loaded.preprocessing.with_classes([])  # a backbone has no classes
+
+
 def export_onnx(
     loaded: LoadedModel,
     out: str | os.PathLike,
@@ -149,11 +207,15 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     parity_batch: int = 2,
     seed: int = 0,
+    task: str | None = None,
+    features: str | Sequence[str] | None = None,
 ) -> ExportResult:
     """Export to ONNX (dynamic batch), check it, and compare with PyTorch on ONNX Runtime.
 
-    Raises ParityError when ONNX Runtime and PyTorch disagree by more than
-    ``PARITY_RTOL`` relative to the logit scale; nothing is written then.
+    ``task="features"`` exports the backbone's stage outputs ``features`` (default: all,
+    ``c2..c5``) instead of the logits (see :mod:`edgeres.task`). Raises ParityError when ONNX
+    Runtime and PyTorch disagree by more than ``PARITY_RTOL`` relative to an output's scale;
+    nothing is written then.
     """
     import onnx
     import torch
@@ -161,8 +223,9 @@ def export_onnx(
     if opset < 17:
         raise UsageError(f"opset {opset} is too old; edgeres exports opset >= 17")
     t0 = time.perf_counter()
-    model = loaded.model.eval()
-    h, w = loaded.preprocessing.input_size
+    model, task_rec, pre = _task_module(loaded, task, features)
+    out_names = list(task_rec.output_names) if task_rec.is_features else [OUTPUT_NAME]
+    h, w = pre.input_size
     gen = torch.Generator().manual_seed(seed)
     example = torch.randn(parity_batch, 3, h, w, generator=gen)
     buf = io.BytesIO()
@@ -173,15 +236,17 @@ def export_onnx(
             (example,),
             buf,
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "N"}, OUTPUT_NAME: {0: "N"}},
+            output_names=out_names,
+            dynamic_axes={INPUT_NAME: {0: "N"}, **{n: {0: "N"} for n in out_names}},
             opset_version=opset,
             do_constant_folding=True,
             dynamo=False,
         )
-        expected = model(example).numpy()
+        expected = model(example)
+        expected = [t.numpy() for t in (expected if isinstance(expected, tuple) else (expected,))]
     proto = onnx.load_from_string(buf.getvalue())
-    write_onnx_preprocessing(proto, loaded.preprocessing)
+    write_onnx_preprocessing(proto, pre)
+    write_onnx_task(proto, task_rec)
     entry = proto.metadata_props.add()
     entry.key = MODEL_METADATA_KEY
     entry.value = json.dumps({"name": loaded.name, "model_kwargs": loaded.model_kwargs, "source": loaded.source})
@@ -192,15 +257,16 @@ def export_onnx(
     from edgeres.backends.onnxruntime import session
 
     sess = session(proto.SerializeToString())
-    got = sess.run(None, {INPUT_NAME: example.numpy()})[0]
-    diff = float(np.max(np.abs(got - expected)))
-    scale = float(np.max(np.abs(expected)))
-    if not np.isfinite(diff) or diff > PARITY_RTOL * max(scale, 1.0):
-        raise ParityError(
-            f"ONNX export of {loaded.name} disagrees with PyTorch: max |diff| {diff:.3g} at logit scale "
-            f"{scale:.3g} (limit {PARITY_RTOL:g} relative); report this model to edgeres"
-        )
+    got = sess.run(out_names, {INPUT_NAME: example.numpy()})
+    diffs = [float(np.max(np.abs(g - e))) for g, e in zip(got, expected)]
+    scales = [float(np.max(np.abs(e))) for e in expected]
+    for name, diff, scale in zip(out_names, diffs, scales):
+        if not np.isfinite(diff) or diff > PARITY_RTOL * max(scale, 1.0):
+            raise ParityError(
+                f"ONNX export of {loaded.name} disagrees with PyTorch on {name}: max |diff| {diff:.3g} at scale "
+                f"{scale:.3g} (limit {PARITY_RTOL:g} relative); report this model to edgeres"
+            )
     out = Path(out)
     with atomic_path(out) as tmp:
         onnx.save(proto, str(tmp))
-    return ExportResult(out, opset, diff, scale, time.perf_counter() - t0, loaded.preprocessing, loaded.name)
+    return ExportResult(out, opset, max(diffs), max(scales), time.perf_counter() - t0, pre, loaded.name, task_rec)

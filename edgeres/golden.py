@@ -179,8 +179,10 @@ def write_golden(root: Path, inputs: np.ndarray, *, expected_runner: Callable, r
                  tolerance: Tolerance, precision: str, source: str, expected_from: str) -> dict[str, Any]:
     """Run the references on ``inputs``, write ``root/golden/``; return the manifest record."""
     inputs = np.ascontiguousarray(inputs, np.float32)
-    expected = np.asarray(expected_runner(inputs), np.float32)
-    reference = np.asarray(reference_runner(inputs), np.float32) if reference_runner else expected
+    n = len(inputs)
+    # one row per input: logits, or a feature extractor's first output flattened (what every runner returns first)
+    expected = np.asarray(expected_runner(inputs), np.float32).reshape(n, -1)
+    reference = np.asarray(reference_runner(inputs), np.float32).reshape(n, -1) if reference_runner else expected
     if not (np.isfinite(expected).all() and np.isfinite(reference).all()):
         raise InputError("the model gives NaN/Inf on the golden inputs; check the model and its preprocessing")
     rng = float(expected.max() - expected.min()) or 1.0

@@ -16,6 +16,36 @@ from edgeres.bundle import Bundle, load_bundle
 from edgeres.errors import UsageError
 
 PEERS = ("artifact", "onnxruntime-fp32", "onnxruntime-int8", "torch")
+LATENCY_FORMAT = "edgeres.latency/1"
+
+
+def cpu_name() -> str:
+    """This machine's CPU model (``/proc/cpuinfo``'s model name), else the platform's processor string."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def write_latency(path: str | Path, medians_ms: dict[str, float], *, bundle: str | Path, batch_size: int,
+                  repeats: int) -> Path:
+    """Write ``edgeres bench`` results as JSON (read by ``edgeres report``)."""
+    import datetime as _dt
+    import os
+
+    from edgeres.fileio import write_json
+
+    return write_json(path, {
+        "format": LATENCY_FORMAT, "bundle": str(bundle), "batch_size": batch_size, "repeats": repeats,
+        "median_ms": {k: round(v, 4) for k, v in medians_ms.items()}, "cpu": cpu_name(), "threads": os.cpu_count(),
+        "measured": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    })
 
 
 def time_runner(fn: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, *, repeats: int = 50,
@@ -38,15 +68,23 @@ def peer_runner(b: Bundle, peer: str) -> Callable[[np.ndarray], np.ndarray] | No
     """A runner for ``peer`` on the bundle's model, or None when that peer does not apply."""
     from edgeres.backends.onnxruntime import make_runner
 
+    every = b.task.is_features  # a feature extractor: time every output (asking for one would prune the graph)
     if peer == "artifact":
         from edgeres.runtime import load
 
-        return load(b).predict if b.artifact() is not None else None
-    if peer == "onnxruntime-fp32":
-        return make_runner(b.file("fp32"))
-    if peer == "onnxruntime-int8":
-        return make_runner(b.file("int8")) if b.file("int8") else None
+        if b.artifact() is None:
+            return None
+        pred = load(b)
+        return pred.features if every else pred.predict
+    if peer in ("onnxruntime-fp32", "onnxruntime-int8"):
+        path = b.file(peer.rsplit("-", 1)[1])
+        if path is None:
+            return None
+        r = make_runner(path)
+        return r.run_all if every else r
     if peer == "torch":
+        if every:
+            return None  # the checkpoint is the classifier, not the exported backbone
         src = b.manifest["model"].get("source")
         if not src or not Path(src).is_file() or not str(src).endswith((".pt", ".pth")):
             return None

@@ -20,6 +20,8 @@ from edgeres.evaluate import AccuracyReport, compare
 from edgeres.fileio import atomic_dir, sha256_file, write_json
 from edgeres.preprocessing import Preprocessing
 from edgeres.targets import Target, get_target
+from edgeres.reports import regression_message, validation_record
+from edgeres.task import Task, check_task
 
 DEFAULT_NUM_CALIB = 512
 RECIPE = "recipe.json"
@@ -31,7 +33,7 @@ class CompileResult:
     bundle: Path
     target: Target
     precision: str
-    report: AccuracyReport | None
+    report: Any  # AccuracyReport (a classifier), FeatureReport (a feature extractor) or None
     timings: dict[str, float] = field(default_factory=dict)
     artifact: Any = None
     notes: list[str] = field(default_factory=list)
@@ -67,9 +69,12 @@ def open_calibration(calib: str | None, pre: Preprocessing, num_calib: int,
     return (lambda: (x for x, _ in iter_batches(ds, batch_size))), ds.fingerprint()
 
 
-def export_stage(source: Any, dest: Path, preprocessing: Preprocessing | None = None) -> tuple[Preprocessing, str, dict]:
-    """Write the FP32 ONNX for ``source`` (a LoadedModel or OnnxSource) to ``dest``."""
+def export_stage(source: Any, dest: Path, preprocessing: Preprocessing | None = None, *, task: str | None = None,
+                 features: Any = None) -> tuple[Preprocessing, str, dict, Task]:
+    """Write the FP32 ONNX for ``source`` (a LoadedModel or OnnxSource) to ``dest``; a checkpoint is
+    exported as ``task`` (``features``: the stage outputs ``features``)."""
     from edgeres.export import OnnxSource, export_onnx
+    from edgeres.task import write_onnx_task
 
     if isinstance(source, OnnxSource):
         import onnx
@@ -77,16 +82,21 @@ def export_stage(source: Any, dest: Path, preprocessing: Preprocessing | None = 
         from edgeres.onnx_io import load_model
         from edgeres.preprocessing import write_onnx_preprocessing
 
+        if features is not None:
+            raise UsageError("--features selects stages of a checkpoint or zoo model; an ONNX file's outputs are "
+                             "already fixed (pass the file with --task features)")
         proto = load_model(source.path)
         write_onnx_preprocessing(proto, source.preprocessing)
+        write_onnx_task(proto, source.task)
         onnx.save(proto, str(dest))
-        return source.preprocessing, source.model_name, {"source": str(source.path), "sha256": sha256_file(source.path)}
-    res = export_onnx(source, dest)
+        return (source.preprocessing, source.model_name,
+                {"source": str(source.path), "sha256": sha256_file(source.path)}, source.task)
+    res = export_onnx(source, dest, task=task, features=features)
     info = {"source": source.source, "max_abs_diff": res.max_abs_diff, "logit_scale": res.logit_scale,
             "opset": res.opset, "seconds": round(res.seconds, 3)}
     if source.source and Path(source.source).is_file():
         info["sha256"] = sha256_file(source.source)
-    return res.preprocessing, res.model_name, info
+    return res.preprocessing, res.model_name, info, res.task
 
 
 def compile_bundle(
@@ -109,33 +119,39 @@ def compile_bundle(
     backend_options: dict[str, Any] | None = None,
     targets_dirs: tuple[str, ...] = (),
     log: Callable[[str], None] = lambda s: None,
+    task: str | None = None,
+    features: Any = None,
+    min_cosine: float | None = None,
 ) -> CompileResult:
     """Compile ``source`` for ``target`` into the bundle directory ``out`` (atomically).
 
     Everything that can be checked without work is checked first (target, precision, the
     backend and its toolchain, the model source, calibration inputs). Raises
     AccuracyRegression (exit 1) after writing the bundle when validation on ``val`` breaks
-    ``max_drop`` (default: the target's threshold).
+    ``max_drop`` (default: the target's threshold). ``task="features"`` compiles the backbone's
+    stage outputs ``features`` (see :mod:`edgeres.task`); ``val`` then needs images only and the
+    gate is ``min_cosine`` per output (accuracy-aware fallback needs labels: not applied).
     """
     tgt, prec, backend, src = _preflight(source, target, precision, weights, calib, calib_cache, backend_options,
-                                         targets_dirs)
+                                         targets_dirs, task=task, features=features)
     out = Path(out)
     threshold = max_drop if max_drop is not None else tgt.max_drop
     timings: dict[str, float] = {}
     notes: list[str] = []
     with atomic_dir(out) as tmp:
         t = time.perf_counter()
-        pre, model_name, export_info = export_stage(src, tmp / FP32_ONNX)
+        pre, model_name, export_info, task_rec = export_stage(src, tmp / FP32_ONNX, task=task, features=features)
         timings["export"] = time.perf_counter() - t
         log(f"exported FP32 ONNX in {timings['export']:.1f} s")
         (tmp / LABELS).write_text("".join(f"{c}\n" for c in pre.class_names))
-        val_ds = open_data(val, "val", pre, limit=val_limit) if val else None
+        val_ds = open_data(val, "val", pre, limit=val_limit, allow_unlabelled=task_rec.is_features) if val else None
         deploy_onnx, quant_info = tmp / FP32_ONNX, None
         if prec == "int8":
             t = time.perf_counter()
             quant_info = _quantize_into(tmp, tgt, pre, calib=calib, calib_cache=calib_cache, num_calib=num_calib,
                                         method=method, per_channel=per_channel, percentile=percentile,
-                                        val_ds=val_ds if fallback else None, max_drop=threshold, log=log)
+                                        val_ds=val_ds if fallback and not task_rec.is_features else None,
+                                        max_drop=threshold, log=log)
             deploy_onnx = tmp / INT8_ONNX
             timings["quantize"] = time.perf_counter() - t
             _log_quantized(log, method, quant_info, tgt, timings["quantize"], threshold)
@@ -145,9 +161,11 @@ def compile_bundle(
         backend.write_app_example(tmp)
         golden = _write_golden(tmp, pre, prec, backend, deploy_onnx, val_ds=val_ds, calib=calib)
         context = {"model": model_name, "target": tgt.name, "precision": prec, "data": str(val)}
-        report = _validate_into(tmp, deploy_onnx, artifact, backend, val_ds, threshold, context, timings)
+        report = _validate_into(tmp, deploy_onnx, artifact, backend, val_ds, threshold, context, timings,
+                                task=task_rec, min_cosine=min_cosine)
         write_manifest(tmp, {
             "model": {"name": model_name, **export_info},
+            "task": task_rec.to_dict(),
             "target": tgt.to_dict(),
             "precision": prec,
             "preprocessing": pre.to_dict(),
@@ -159,21 +177,19 @@ def compile_bundle(
             "conformance": conformance,
             "golden": golden,
             "backend_options": backend_options or {},
-            "validation": _validation_record(report, val),
+            "validation": validation_record(report, val),
             "timings": {k: round(v, 3) for k, v in timings.items()},
         })
     result = CompileResult(out, tgt, prec, report, timings, artifact, notes)
     if report is not None and not report.passed:
-        raise AccuracyRegression(
-            f"top-1 dropped {report.drop_top1:.2f} points (limit {report.max_drop}); bundle written to {out} "
-            "with the failing report — try --method percentile/mse, more --num-calib images, or --precision fp32"
-        )
+        raise AccuracyRegression(regression_message(report, out))
     return result
 
 
 def _preflight(source: str, target: str | Target, precision: str | None, weights: str | None, calib: str | None,
                calib_cache: str | os.PathLike | None, backend_options: dict[str, Any] | None,
-               targets_dirs: tuple[str, ...]) -> tuple[Target, str, Any, Any]:
+               targets_dirs: tuple[str, ...], *, task: str | None = None,
+               features: Any = None) -> tuple[Target, str, Any, Any]:
     """(target, precision, backend, model source): everything checked that needs no work."""
     from edgeres.backends import get_backend
     from edgeres.export import resolve_source
@@ -182,7 +198,9 @@ def _preflight(source: str, target: str | Target, precision: str | None, weights
     prec = resolve_precision(tgt, precision)
     backend = get_backend(tgt.backend, require=False)
     backend.preflight(tgt, prec, backend_options)  # a missing backend fails here, before any work
-    src = resolve_source(source, weights)
+    if features is not None and check_task(task) != "features":
+        raise UsageError("--features needs --task features")
+    src = resolve_source(source, weights, task=task)
     if prec == "int8" and not calib and not calib_cache:
         raise UsageError("--precision int8 needs calibration images: pass --calib DIR (or --calib-cache FILE)")
     return tgt, prec, backend, src
@@ -216,21 +234,17 @@ def _compile_stage(backend: Any, tgt: Target, prec: str, deploy_onnx: Path, tmp:
 
 
 def _validate_into(tmp: Path, deploy_onnx: Path, artifact: Any, backend: Any, val_ds: Any, max_drop: float | None,
-                   context: dict[str, Any], timings: dict[str, float]) -> AccuracyReport | None:
+                   context: dict[str, Any], timings: dict[str, float], *, task: Task | None = None,
+                   min_cosine: float | None = None) -> Any:
     """Validate the bundle being written (when there are validation images) and write its report."""
     if val_ds is None:
         return None
     t = time.perf_counter()
-    report = _validate(tmp / FP32_ONNX, deploy_onnx, artifact, backend, val_ds, max_drop, context)
+    report = _validate(tmp / FP32_ONNX, deploy_onnx, artifact, backend, val_ds, max_drop, context, task=task,
+                       min_cosine=min_cosine)
     report.write(tmp / REPORT)
     timings["validate"] = time.perf_counter() - t
     return report
-
-
-def _validation_record(report: AccuracyReport | None, data: str | None) -> dict[str, Any] | None:
-    if report is None:
-        return None
-    return {"report": REPORT, "passed": report.passed, "drop_top1": report.drop_top1, "data": data}
 
 
 def _quantize_into(tmp: Path, tgt: Target, pre: Preprocessing, *, calib: str | None,
@@ -291,14 +305,27 @@ def _artifact_runner(artifact: Any, backend: Any, deploy_onnx: Path) -> tuple[An
 
 
 def _validate(fp32_onnx: Path, deploy_onnx: Path, artifact: Any, backend: Any, ds: Any, max_drop: float | None,
-              context: dict[str, Any]) -> AccuracyReport:
+              context: dict[str, Any], *, task: Task | None = None, min_cosine: float | None = None) -> Any:
+    """AccuracyReport of the artifact vs FP32 on labelled ``ds``; for a feature extractor, a FeatureReport."""
     from edgeres.backends import reference_runner
     from edgeres.data import iter_batches
 
     reference = reference_runner(fp32_onnx)
     runner, runner_name = _artifact_runner(artifact, backend, deploy_onnx)
     ctx = {**context, "backend": runner_name, "data_fingerprint": ds.fingerprint()}
-    return compare(reference, runner, iter_batches(ds, EVAL_BATCH), max_drop=max_drop, context=ctx)
+    if task is None or not task.is_features:
+        return compare(reference, runner, iter_batches(ds, EVAL_BATCH), max_drop=max_drop, context=ctx)
+    from edgeres.errors import BackendUnavailable
+    from edgeres.similarity import DEFAULT_MIN_COSINE, compare_features
+
+    gate = DEFAULT_MIN_COSINE if min_cosine is None else min_cosine
+    try:
+        return compare_features(reference, runner, iter_batches(ds, EVAL_BATCH), task.output_names,
+                                min_cosine=gate, context=ctx)
+    except BackendUnavailable as e:  # a runner that returns the first output only (emulated C++ runner)
+        ctx["backend"] = f"onnxruntime ({e})"
+        return compare_features(reference, reference_runner(deploy_onnx), iter_batches(ds, EVAL_BATCH),
+                                task.output_names, min_cosine=gate, context=ctx)
 
 
 def quantize_stage(fp32: Path, out: Path, batches: Any, fingerprint: str | None, *, form: str, method: str,
@@ -328,24 +355,34 @@ def quantize_stage(fp32: Path, out: Path, batches: Any, fingerprint: str | None,
 
 
 def validate_bundle(bundle: str | os.PathLike | Bundle, data: str, *, max_drop: float | None = None,
-                    limit: int | None = None, verify: bool = True) -> AccuracyReport:
+                    limit: int | None = None, verify: bool = True, min_cosine: float | None = None) -> Any:
     """Validate a bundle's artifact against its FP32 ONNX on labelled images ``data``.
 
-    ``max_drop`` defaults to the bundle target's threshold. Returns the report; the
-    caller decides what a failure means (the CLI exits 1).
+    ``max_drop`` defaults to the bundle target's threshold. A feature extractor's bundle is
+    compared output by output on the images of ``data`` (labels not needed), gated by
+    ``min_cosine``, and gives a FeatureReport. Returns the report; the caller decides what a
+    failure means (the CLI exits 1).
     """
     from edgeres.backends import get_backend
 
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, verify=verify)
+    task = b.task
+    if task.is_features and max_drop is not None:
+        raise UsageError(f"{b.root} is a feature extractor ({', '.join(task.output_names)}): it has no top-1 to "
+                         "gate with --max-drop; gate it with --min-cosine")
+    if not task.is_features and min_cosine is not None:
+        raise UsageError(f"{b.root} is a classifier: --min-cosine gates a feature extractor's outputs; "
+                         "gate a classifier with --max-drop")
     backend = get_backend(b.backend, require=False)
     art = b.artifact()
     if art is not None:
         backend.require()  # BackendUnavailable with the install hint
     threshold = max_drop if max_drop is not None else b.manifest["target"].get("max_drop")
-    ds = open_data(data, "val", b.preprocessing, limit=limit)
+    ds = open_data(data, "val", b.preprocessing, limit=limit, allow_unlabelled=task.is_features)
     ctx = {"model": b.manifest["model"]["name"], "target": b.target_name, "precision": b.precision,
            "bundle": str(b.root), "data": str(data)}
-    return _validate(b.file("fp32"), b.deploy_onnx, art, backend, ds, threshold, ctx)
+    return _validate(b.file("fp32"), b.deploy_onnx, art, backend, ds, threshold, ctx, task=task,
+                     min_cosine=min_cosine)
 
 
 def get_target_from_manifest(b: Bundle) -> Target:

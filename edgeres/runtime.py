@@ -5,6 +5,8 @@ bundle's backend runtime — no torch).
     >>> p = edgeres.runtime.load("bundles/r20")
     >>> logits = p.predict(batch)            # NCHW float32 -> (N, classes)
     >>> p.classify(["cat.png"], top_k=5)     # [[("cat", 0.91), ...]]
+    >>> f = edgeres.runtime.load("bundles/r50-backbone")   # compiled with --task features
+    >>> f.features(batch)                    # {"c2": (N, 256, H/4, W/4), ..., "c5": (N, 2048, H/32, W/32)}
 """
 
 from __future__ import annotations
@@ -42,13 +44,25 @@ class Predictor:
     def class_names(self) -> tuple[str, ...]:
         return self.bundle.class_names
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
+    def _checked(self, batch: np.ndarray) -> np.ndarray:
         batch = np.asarray(batch)
         h, w = self.preprocessing.input_size
         if batch.ndim != 4 or batch.shape[1:] != (3, h, w):
             raise InputError(f"input batch has shape {tuple(batch.shape)}; this model takes (N, 3, {h}, {w}) "
                              "float32 (use Predictor.preprocess for images)")
-        return np.asarray(self.runner(np.ascontiguousarray(batch, dtype=np.float32)), dtype=np.float32)
+        return np.ascontiguousarray(batch, dtype=np.float32)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self.runner(self._checked(batch)), dtype=np.float32)
+
+    def features(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """A feature extractor's outputs by name (``c2``..``c5``) for an NCHW float32 batch."""
+        task = self.bundle.task
+        if not task.is_features:
+            raise UsageError(f"bundle {self.bundle.root} is a classifier; use predict()/classify(), or compile "
+                             "the backbone with --task features")
+        outs = self.runner.run_all(self._checked(batch))
+        return dict(zip(task.output_names, outs))
 
     def preprocess(self, images: Sequence[str | os.PathLike | Any]) -> np.ndarray:
         """Decode and preprocess image paths (or PIL images / HWC uint8 arrays) into a batch."""
@@ -65,6 +79,9 @@ class Predictor:
 
     def classify(self, images: Sequence[Any], top_k: int = 5) -> list[list[tuple[str, float]]]:
         """Top-k (class name, probability) per image."""
+        if self.bundle.task.is_features:
+            raise UsageError(f"bundle {self.bundle.root} is a feature extractor "
+                             f"({', '.join(self.bundle.task.output_names)}), not a classifier; use features()")
         probs = softmax(self.predict(self.preprocess(images)))
         names = self.class_names or tuple(str(i) for i in range(probs.shape[1]))
         k = min(top_k, probs.shape[1])

@@ -65,7 +65,10 @@ class Artifact:
 
 
 class Runner(Protocol):
-    def __call__(self, batch: np.ndarray) -> np.ndarray:  # NCHW float32 -> (N, classes) float32
+    def __call__(self, batch: np.ndarray) -> np.ndarray:  # NCHW float32 -> (N, classes) float32 (first output)
+        ...
+
+    def run_all(self, batch: np.ndarray) -> list[np.ndarray]:  # every output, in the model's order (features)
         ...
 
 
@@ -86,6 +89,21 @@ def run_in_chunks(fn, batch: np.ndarray, fixed_batch: int | None) -> np.ndarray:
             chunk = np.concatenate([chunk, pad])
         outs.append(fn(chunk)[:n])
     return np.concatenate(outs) if outs else np.zeros((0,), dtype=np.float32)
+
+
+def run_all_in_chunks(fn, batch: np.ndarray, fixed_batch: int | None) -> list[np.ndarray]:
+    """:func:`run_in_chunks` for a ``fn`` that returns a list of outputs (batch first in each)."""
+    batch = np.ascontiguousarray(batch, dtype=np.float32)
+    if not fixed_batch or batch.shape[0] == fixed_batch:
+        return list(fn(batch))
+    parts: list[list[np.ndarray]] = []
+    for start in range(0, batch.shape[0], fixed_batch):
+        chunk = batch[start : start + fixed_batch]
+        n = chunk.shape[0]
+        if n < fixed_batch:
+            chunk = np.concatenate([chunk, np.zeros((fixed_batch - n, *chunk.shape[1:]), dtype=np.float32)])
+        parts.append([o[:n] for o in fn(chunk)])
+    return [np.concatenate(outs) for outs in zip(*parts)]
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from edgeres.backends.base import Artifact, Backend, Capabilities, check_precision, run_in_chunks
+from edgeres.backends.base import Artifact, Backend, Capabilities, check_precision, run_all_in_chunks, run_in_chunks
 from edgeres.errors import InputError, UsageError
 from edgeres.fileio import atomic_path, write_json
 
@@ -144,7 +144,8 @@ def session(onnx_path_or_bytes: str | os.PathLike | bytes, threads: int | None =
 
 
 class OrtRunner:
-    """Runner on an InferenceSession: NCHW float32 batch (any size) -> float32 logits."""
+    """Runner on an InferenceSession: NCHW float32 batch (any size) -> float32 logits (the first output);
+    :meth:`run_all` returns every output (a feature extractor's stages)."""
 
     def __init__(self, sess: Any, source: str = "") -> None:
         self.session = sess
@@ -152,6 +153,7 @@ class OrtRunner:
         inp = sess.get_inputs()[0]
         self.input_name: str = inp.name
         self.output_name: str = sess.get_outputs()[0].name
+        self.output_names: list[str] = [o.name for o in sess.get_outputs()]
         self.input_shape: tuple[int | None, ...] = tuple(d if isinstance(d, int) else None for d in inp.shape)
         out_shape = sess.get_outputs()[0].shape
         self.num_classes: int | None = out_shape[-1] if out_shape and isinstance(out_shape[-1], int) else None
@@ -175,6 +177,16 @@ class OrtRunner:
         if x.shape[0] == 0:
             return np.zeros((0, self.num_classes or 0), dtype=np.float32)
         return run_in_chunks(self._run, x, self.fixed_batch)
+
+    def _run_all(self, x: np.ndarray) -> list[np.ndarray]:
+        return [np.asarray(o, dtype=np.float32) for o in self.session.run(self.output_names, {self.input_name: x})]
+
+    def run_all(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Every output of the model, in its graph order (NCHW float32 batch of any size)."""
+        x = self._check(batch)
+        if x.shape[0] == 0:
+            raise InputError("no images in the batch")
+        return run_all_in_chunks(self._run_all, x, self.fixed_batch)
 
 
 def make_runner(onnx_path: str | os.PathLike | bytes, threads: int | None = None, *,

@@ -166,8 +166,15 @@ def test_accuracy_regression_exits_1_and_fallback_repairs_it(fragile_r20, tmp_pa
     assert "top-1 dropped" in r.stderr and "Traceback" not in r.stderr
     rep = json.loads((plain / "report.json").read_text())
     assert rep["passed"] is False and rep["drop_top1"] > 1.0
-    r = cli("validate", plain, "--data", "builtin", "--limit", "300", "--max-drop", "1.0", "--json", tmp_path / "v.json")
-    assert r.returncode == 1 and json.loads((tmp_path / "v.json").read_text())["passed"] is False
+    r = cli("validate", plain, "--data", "builtin", "--limit", "300", "--max-drop", "1.0", "--json", tmp_path / "v.json",
+            "--junit", tmp_path / "ci" / "junit.xml", "--summary", tmp_path / "ci" / "summary.md")
+    v = json.loads((tmp_path / "v.json").read_text())
+    assert r.returncode == 1 and v["passed"] is False
+    import xml.etree.ElementTree as ET
+
+    case = ET.parse(tmp_path / "ci" / "junit.xml").getroot().find("testsuite/testcase[@name='top-1 drop']")
+    assert f"{v['drop_top1']:.2f} points, more than --max-drop 1" in case.find("failure").get("message")
+    assert "FAILED" in (tmp_path / "ci" / "summary.md").read_text().splitlines()[0]
     r = cli("validate", plain, "--data", "builtin", "--limit", "300", "--max-drop", "100")
     assert r.returncode == 0
 

@@ -76,6 +76,7 @@ def build_bundle_engine(bundle: str | os.PathLike, *, options: dict[str, Any] | 
     from edgeres.backends.tensorrt.options import check_dla, resolve_options
     from edgeres.backends.tensorrt.trtexec import build_method
     from edgeres.pipeline import get_target_from_manifest, validate_bundle
+    from edgeres.reports import regression_message, validation_record
 
     b = load_bundle(bundle)
     if b.backend != "tensorrt":
@@ -115,12 +116,10 @@ def build_bundle_engine(bundle: str | os.PathLike, *, options: dict[str, Any] | 
     if data:
         result.report = validate_bundle(b, data, max_drop=max_drop, limit=limit)
         result.report.write(b.root / REPORT)
-        record["validation"] = {"report": REPORT, "passed": result.report.passed,
-                                "drop_top1": result.report.drop_top1, "data": data}
+        record["validation"] = validation_record(result.report, data)
         result.bundle = _rewrite(b, record)
         if not result.report.passed:
-            raise AccuracyRegression(f"engine top-1 dropped {result.report.drop_top1:.2f} points (limit "
-                                     f"{result.report.max_drop}); report in {b.root / REPORT}")
+            raise AccuracyRegression(f"engine: {regression_message(result.report, b.root)}")
     return result
 
 

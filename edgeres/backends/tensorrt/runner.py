@@ -81,22 +81,33 @@ class TrtRunner:
         self.io = io or make_device_io()
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
+        outs = self._chunks(batch, first_only=True)
+        if not outs:
+            return np.zeros((0, 0), np.float32)
+        return outs[0].reshape(outs[0].shape[0], -1)
+
+    def run_all(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Every output tensor of the engine (a feature extractor's stages), in the engine's I/O order."""
+        outs = self._chunks(batch, first_only=False)
+        if not outs:
+            raise InputError("no images in the batch")
+        return outs
+
+    def _chunks(self, batch: np.ndarray, *, first_only: bool) -> list[np.ndarray]:
         batch = np.asarray(batch)
         if batch.ndim != 4 or tuple(batch.shape[1:]) != self.chw:
             raise InputError(f"expected an N x {' x '.join(map(str, self.chw))} batch, got shape {tuple(batch.shape)}")
         batch = np.ascontiguousarray(batch, dtype=np.float32)
-        outs = []
+        parts = []
         for start in range(0, batch.shape[0], self.bmax):
             chunk = batch[start : start + self.bmax]
             n = chunk.shape[0]
             if n < self.bmin:  # static or DLA-pinned batch: pad, then drop the padding
                 chunk = np.concatenate([chunk, np.zeros((self.bmin - n, *self.chw), np.float32)])
-            outs.append(self._run(chunk)[:n])
-        if not outs:
-            return np.zeros((0, 0), np.float32)
-        return np.concatenate(outs).astype(np.float32, copy=False)
+            parts.append([o[:n] for o in self._run(chunk, self.outputs[:1] if first_only else self.outputs)])
+        return [np.concatenate(o).astype(np.float32, copy=False) for o in zip(*parts)]
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
+    def _run(self, x: np.ndarray, wanted: list[str]) -> list[np.ndarray]:
         ctx, io = self.context, self.io
         if not ctx.set_input_shape(self.input, tuple(x.shape)):
             raise InputError(f"batch shape {tuple(x.shape)} is outside the engine's profile (batch {self.bmin}..{self.bmax})")
@@ -111,9 +122,8 @@ class TrtRunner:
             if not ctx.execute_async_v3(io.stream_handle):
                 errs = self._logger.errors()
                 raise CompileError(f"TensorRT execution failed: {errs[-1] if errs else 'no message'}; check the engine and GPU")
-            first = self.outputs[0]
-            out = io.download(bufs[first], shapes[first], self.dtypes[first])
+            outs = [io.download(bufs[n], shapes[n], self.dtypes[n]).astype(np.float32, copy=False) for n in wanted]
         finally:
             for buf in bufs.values():
                 io.release(buf)
-        return out.reshape(out.shape[0], -1).astype(np.float32, copy=False)
+        return outs

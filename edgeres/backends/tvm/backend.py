@@ -115,6 +115,7 @@ def compile(onnx_path: str | os.PathLike, target: Any, out_dir: str | os.PathLik
         "tuned_functions": tuned,
         "threads": opts.threads,
         "output_shape": list(imported.output_shape),
+        "output_shapes": [list(o) for o in imported.output_shapes],
         "int8": opts.int8,
         "int8_kernels": convs.get("packed_int8", 0) > 0,
     }

@@ -265,6 +265,11 @@ class CppRunner:
         return run_cpp_runner(self.exe, self.so, x, model_shape=self.input_shape, qemu=self.qemu,
                               topk=1, timeout=self.timeout).logits
 
+    def run_all(self, batch: np.ndarray) -> list[np.ndarray]:
+        """The C++ runner prints the first output only: a feature extractor's stages cannot be read here."""
+        raise BackendUnavailable(f"the C++ runner reads only the first output of {self.so.name}; a feature "
+                                 "extractor built for another architecture cannot run here with all its outputs")
+
 
 def cached_runner(arch: str = "host", cache_dir: str | os.PathLike | None = None) -> Path:
     """Build the runner for ``arch`` once into a cache folder and return the program.

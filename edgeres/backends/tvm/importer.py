@@ -17,8 +17,9 @@ class ImportedModel:
     mod: Any  # tvm.IRModule
     input_name: str
     input_shape: tuple[int, ...]
-    output_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]  # of the first output (the logits of a classifier)
     num_qdq: int
+    output_shapes: tuple[tuple[int, ...], ...] = ()  # of every output (a feature extractor has several)
 
 
 def first_line(e: BaseException) -> str:
@@ -50,13 +51,14 @@ def import_onnx(onnx_path: str | os.PathLike, batch_size: int = 1, proto: Any = 
     except Exception as e:  # noqa: BLE001 - the frontend raises many types
         raise CompileError(f"TVM cannot import {path.name}: {first_line(e)}; check that the model uses standard "
                            "ONNX ops (opset <= 20) or compile it with the onnxruntime backend") from e
-    return ImportedModel(mod, inp.name, static, _output_shape(mod, proto), num_qdq(op_counts(proto)))
+    shapes = _output_shapes(mod, proto)
+    return ImportedModel(mod, inp.name, static, shapes[0], num_qdq(op_counts(proto)), shapes)
 
 
-def _output_shape(mod: Any, proto: Any) -> tuple[int, ...]:
+def _output_shapes(mod: Any, proto: Any) -> tuple[tuple[int, ...], ...]:
     try:
         ret = mod["main"].ret_ty
-        return tuple(int(v) for v in ret.shape.values)
-    except Exception:  # noqa: BLE001 - tuple outputs, or another TVM version's spelling
-        dims = proto.graph.output[0].type.tensor_type.shape.dim
-        return tuple(int(d.dim_value) for d in dims)
+        fields = getattr(ret, "fields", None)  # a tuple of outputs
+        return tuple(tuple(int(v) for v in r.shape.values) for r in (fields if fields is not None else [ret]))
+    except Exception:  # noqa: BLE001 - another TVM version's spelling
+        return tuple(tuple(int(d.dim_value) for d in o.type.tensor_type.shape.dim) for o in proto.graph.output)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeres.backends.base import Artifact, run_in_chunks
+from edgeres.backends.base import Artifact, run_all_in_chunks, run_in_chunks
 from edgeres.backends.tvm import cross as tvm_cross
 from edgeres.backends.tvm import options as tt
 from edgeres.backends.tvm.importer import first_line
@@ -120,14 +120,30 @@ class TvmRunner:
             out = out[0]
         return np.asarray(out.numpy(), dtype=np.float32)
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
+    def _run_all(self, x: np.ndarray) -> list[np.ndarray]:
+        out = self._vm["main"](self._tensor(x))
+        outs = [out] if hasattr(out, "numpy") else list(out)
+        return [np.asarray(o.numpy(), dtype=np.float32) for o in outs]
+
+    def _check(self, batch: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(batch, dtype=np.float32)
         if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape[1:]:
             raise InputError(f"input batch has shape {tuple(x.shape)} but {self.artifact.path.name} expects "
                              f"(N, {', '.join(map(str, self.input_shape[1:]))}); resize/crop to the model's input size")
+        return x
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        x = self._check(batch)
         if x.shape[0] == 0:
             return np.zeros((0, self.num_classes or 0), dtype=np.float32)
         return run_in_chunks(self._run, x, self.input_shape[0])
+
+    def run_all(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Every output of the library (a feature extractor's stages), in the ONNX model's order."""
+        x = self._check(batch)
+        if x.shape[0] == 0:
+            raise InputError("no images in the batch")
+        return run_all_in_chunks(self._run_all, x, self.input_shape[0])
 
 
 def load(artifact_or_path: Artifact | str | os.PathLike, target: Any = None, *,
