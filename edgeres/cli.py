@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from edgeres import cli_quantize
 from edgeres.cli_format import console, parse_options, pct, print_bundle_report, report_table
 from edgeres.errors import AccuracyRegression, EdgeresError, UsageError
 
@@ -143,10 +144,14 @@ def compile_cmd(
     weights: Optional[str] = typer.Option(None, "--weights", help="For a zoo name: torchvision-format .pth, or 'random'."),
     calib: Optional[str] = typer.Option(None, "--calib", help="Calibration images for INT8."),
     val: Optional[str] = typer.Option(None, "--val", help="Labelled images to validate the artifact against FP32."),
-    method: str = typer.Option("entropy", "--method", help="entropy | minmax | percentile | mse"),
-    num_calib: int = typer.Option(512, "--num-calib"),
+    method: Optional[str] = cli_quantize.MethodOpt,
+    num_calib: Optional[int] = cli_quantize.NumCalibOpt,
     calib_cache: Optional[Path] = typer.Option(None, "--calib-cache"),
-    per_channel: bool = typer.Option(True, "--per-channel/--per-tensor"),
+    per_channel: Optional[bool] = cli_quantize.PerChannelOpt,
+    percentile: Optional[float] = cli_quantize.PercentileOpt,
+    bias_correction: Optional[bool] = cli_quantize.BiasOpt,
+    equalize: Optional[bool] = cli_quantize.EqualizeOpt,
+    exclude: Optional[List[str]] = cli_quantize.ExcludeOpt,
     max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Top-1 points allowed (default: the target's)."),
     val_limit: Optional[int] = typer.Option(None, "--val-limit", help="Validate on at most this many images."),
     fallback: bool = typer.Option(True, "--fallback/--no-fallback",
@@ -157,15 +162,19 @@ def compile_cmd(
 ):
     """Export, quantize, compile and validate into a deployment bundle."""
     from edgeres.pipeline import compile_bundle
+    from edgeres.targets import get_target
 
     if out is None:
         stem = Path(source).stem if source.endswith((".pt", ".pth", ".onnx")) else source
         out = Path("bundles") / f"{stem}-{target}-{precision or 'default'}"
+    tgt = get_target(target, tuple(targets_dir or ()))
+    quant = cli_quantize.options_from_cli(tgt, method=method, percentile=percentile, num_calib=num_calib,
+                                          per_channel=per_channel, bias_correction=bias_correction, equalize=equalize)
     try:
         res = compile_bundle(
-            source, target, out, precision=precision, weights=weights, calib=calib, val=val, method=method,
-            num_calib=num_calib, calib_cache=calib_cache, per_channel=per_channel, max_drop=max_drop,
-            val_limit=val_limit, fallback=fallback, targets_dirs=tuple(targets_dir or ()), log=lambda s: console.print(f"  {s}"),
+            source, tgt, out, precision=precision, weights=weights, calib=calib, val=val, quant=quant,
+            calib_cache=calib_cache, exclude=tuple(exclude or ()), max_drop=max_drop, val_limit=val_limit,
+            fallback=fallback, log=lambda s: console.print(f"  {s}", markup=False),
             backend_options=_backend_options(option, tuning_db),
         )
     except AccuracyRegression:
@@ -194,11 +203,17 @@ def validate(
     max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Top-1 points allowed (default: the target's)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use at most this many images."),
+    crops: int = typer.Option(1, "--crops", help="1 (the model's preprocessing) | 10 (4 corners + centre, "
+                              "and their flips, softmax averaged)."),
+    scales: Optional[str] = typer.Option(None, "--scales", help="Multi-scale testing, e.g. 224,256,384,480,640 "
+                                         "(artifacts compiled with a dynamic spatial size only)."),
 ):
     """Top-1/top-5 of the bundle's artifact vs its FP32 reference; exit 1 when --max-drop is broken."""
     from edgeres.pipeline import validate_bundle
+    from edgeres.protocols import Protocol, parse_scales
 
-    report = validate_bundle(bundle, data, max_drop=max_drop, limit=limit)
+    protocol = Protocol(crops=crops, scales=parse_scales(scales))
+    report = validate_bundle(bundle, data, max_drop=max_drop, limit=limit, protocol=protocol)
     if json_out:
         report.write(json_out)
     console.print(report_table(report))
@@ -293,9 +308,10 @@ def quickstart(
     console.print(f"bundle: {res.bundle}   try: edgeres run {res.bundle} IMAGE.png")
 
 
-from edgeres import cli_deploy, cli_quantize, cli_tune  # noqa: E402
+from edgeres import cli_debug, cli_deploy, cli_tune  # noqa: E402
 
 cli_quantize.register(app, console)
+cli_debug.register(app, console)
 cli_tune.register(app, console)
 cli_deploy.register(app, console)
 

@@ -19,9 +19,9 @@ from edgeres.errors import AccuracyRegression, CompileError, UsageError
 from edgeres.evaluate import AccuracyReport, compare
 from edgeres.fileio import atomic_dir, sha256_file, write_json
 from edgeres.preprocessing import Preprocessing
+from edgeres.quantize.options import QuantOptions
 from edgeres.targets import Target, get_target
 
-DEFAULT_NUM_CALIB = 512
 RECIPE = "recipe.json"
 EVAL_BATCH = 64
 
@@ -97,11 +97,9 @@ def compile_bundle(
     weights: str | None = None,
     calib: str | None = None,
     val: str | None = None,
-    method: str = "entropy",
-    num_calib: int = DEFAULT_NUM_CALIB,
+    quant: QuantOptions | None = None,
     calib_cache: str | os.PathLike | None = None,
-    per_channel: bool = True,
-    percentile: float = 99.99,
+    exclude: tuple[str, ...] = (),
     max_drop: float | None = None,
     val_limit: int | None = None,
     fallback: bool = True,
@@ -123,6 +121,7 @@ def compile_bundle(
     prec = resolve_precision(tgt, precision)
     backend = get_backend(tgt.backend, require=False)
     backend.preflight(tgt, prec, backend_options)  # a missing backend fails here, before any work
+    quant = check_quant_options(tgt, quant)
     src = resolve_source(source, weights)
     if prec == "int8" and not calib and not calib_cache:
         raise UsageError("--precision int8 needs calibration images: pass --calib DIR (or --calib-cache FILE)")
@@ -140,13 +139,13 @@ def compile_bundle(
         deploy_onnx, quant_info = tmp / FP32_ONNX, None
         if prec == "int8":
             t = time.perf_counter()
-            quant_info = _quantize_into(tmp, tgt, pre, calib=calib, calib_cache=calib_cache, num_calib=num_calib,
-                                        method=method, per_channel=per_channel, percentile=percentile,
+            quant_info = _quantize_into(tmp, tgt, pre, quant, calib=calib, calib_cache=calib_cache, exclude=exclude,
                                         val_ds=val_ds if fallback else None, max_drop=threshold, log=log)
             deploy_onnx = tmp / INT8_ONNX
             timings["quantize"] = time.perf_counter() - t
             fb = quant_info["fallback"]
-            log(f"quantized INT8 ({method}, {tgt.qdq_form} form) in {timings['quantize']:.1f} s"
+            log(f"quantized INT8 ({describe_quantization(quant_info)}, {tgt.qdq_form} form) in "
+                f"{timings['quantize']:.1f} s"
                 + (f"; {len(fb['layers'])} layer(s) kept in {fb['precision']} to meet --max-drop {threshold}"
                    if fb and fb["layers"] else ""))
         conformance = backend.check_deploy_model(deploy_onnx, prec)
@@ -191,30 +190,50 @@ def compile_bundle(
     if report is not None and not report.passed:
         raise AccuracyRegression(
             f"top-1 dropped {report.drop_top1:.2f} points (limit {report.max_drop}); bundle written to {out} "
-            "with the failing report — try --method percentile/mse, more --num-calib images, or --precision fp32"
+            f"with the failing report — find the layer with `edgeres debug {out} --data DIR`, try another --method, "
+            "more --num-calib images, or --precision fp32"
         )
     return result
 
 
-def _quantize_into(tmp: Path, tgt: Target, pre: Preprocessing, *, calib: str | None,
-                   calib_cache: str | os.PathLike | None, num_calib: int, method: str, per_channel: bool,
-                   percentile: float, val_ds: Any, max_drop: float | None,
-                   log: Callable[[str], None]) -> dict[str, Any]:
+def check_quant_options(tgt: Target, quant: QuantOptions | None) -> QuantOptions:
+    """``quant`` (default: the target's) checked against the target's Q/DQ form."""
+    if quant is None:
+        return QuantOptions.for_target(tgt)
+    if quant.form != tgt.qdq_form:
+        raise UsageError(f"target {tgt.name} takes the {tgt.qdq_form!r} Q/DQ form, not {quant.form!r}; "
+                         "build the options with QuantOptions.for_target(target, ...)")
+    return quant
+
+
+def describe_quantization(info: dict[str, Any]) -> str:
+    """One phrase for the compile log: the method (auto's pick), bias correction, equalization."""
+    method = info["method"] if info.get("requested_method") != "auto" else f"auto -> {info['method']}"
+    extras = [x for x, on in (("bias correction", info.get("bias_correction")),
+                              ("equalized", info.get("equalize"))) if on]
+    return ", ".join([method, *extras])
+
+
+def _quantize_into(tmp: Path, tgt: Target, pre: Preprocessing, quant: QuantOptions, *, calib: str | None,
+                   calib_cache: str | os.PathLike | None, exclude: tuple[str, ...], val_ds: Any,
+                   max_drop: float | None, log: Callable[[str], None]) -> dict[str, Any]:
     """Quantize the bundle's FP32 ONNX into its INT8 ONNX (with the calibration cache); the manifest record."""
-    batches, fingerprint = open_calibration(calib, pre, num_calib)
+    batches, fingerprint = open_calibration(calib, pre, quant.num_calib)
     cache_dest = tmp / CALIB_CACHE
     if calib_cache and Path(calib_cache).is_file():
         shutil.copyfile(calib_cache, cache_dest)
     q, fb_record = quantize_stage(
-        tmp / FP32_ONNX, tmp / INT8_ONNX, batches, fingerprint, form=tgt.qdq_form,
-        fallback_precision=tgt.fallback_precision, method=method, per_channel=per_channel,
-        reduce_range=tgt.reduce_range, percentile=percentile, cache_path=cache_dest, val_ds=val_ds,
-        max_drop=max_drop, log=log)
+        tmp / FP32_ONNX, tmp / INT8_ONNX, batches, fingerprint, options=quant, cache_path=cache_dest,
+        exclude=exclude, fallback_precision=tgt.fallback_precision, val_ds=val_ds, max_drop=max_drop, log=log)
     if calib_cache and not Path(calib_cache).is_file():
         shutil.copyfile(cache_dest, calib_cache)
-    return {"method": q.method, "form": q.form, "per_channel": q.per_channel, "reduce_range": q.reduce_range,
-            "num_calib": q.num_calib, "quantized_nodes": q.num_quantized_nodes, "excluded": list(q.excluded),
-            "cache_hit": q.cache_hit, "calib_data": calib, "calib_fingerprint": fingerprint,
+    if q.auto.get("why"):
+        log(f"calibration: {q.auto['why']}")
+    return {**quant.to_record(), "method": q.method, "requested_method": quant.method,
+            "bias_correction": q.bias_correction, "auto": q.auto or None, "num_calib": q.num_calib,
+            "num_holdout": q.num_holdout,
+            "quantized_nodes": q.num_quantized_nodes, "excluded": list(q.excluded), "cache_hit": q.cache_hit,
+            "calib_seconds": round(q.calib_seconds, 3), "calib_data": calib, "calib_fingerprint": fingerprint,
             "fallback": fb_record}
 
 
@@ -231,48 +250,58 @@ def _artifact_runner(artifact: Any, backend: Any, deploy_onnx: Path) -> tuple[An
 
 
 def _validate(fp32_onnx: Path, deploy_onnx: Path, artifact: Any, backend: Any, ds: Any, max_drop: float | None,
-              context: dict[str, Any]) -> AccuracyReport:
+              context: dict[str, Any], protocol: Any = None) -> AccuracyReport:
     from edgeres.backends import reference_runner
     from edgeres.data import iter_batches
 
     reference = reference_runner(fp32_onnx)
     runner, runner_name = _artifact_runner(artifact, backend, deploy_onnx)
     ctx = {**context, "backend": runner_name, "data_fingerprint": ds.fingerprint()}
-    return compare(reference, runner, iter_batches(ds, EVAL_BATCH), max_drop=max_drop, context=ctx)
+    if protocol is None or protocol.plain:
+        ctx["protocol"] = "1-crop"
+        return compare(reference, runner, iter_batches(ds, EVAL_BATCH), max_drop=max_drop, context=ctx)
+    from edgeres.onnx_io import graph_io, load_model
+    from edgeres.protocols import averaged, check_dynamic, views
+
+    if protocol.scales:
+        shape = artifact.input_shape if artifact is not None else graph_io(load_model(deploy_onnx)).inputs[0].dims
+        check_dynamic(shape, f"the {runner_name} artifact")
+        check_dynamic(graph_io(load_model(fp32_onnx)).inputs[0].dims, f"the FP32 model {fp32_onnx.name}")
+    ctx["protocol"] = protocol.name
+    return compare(averaged(reference), averaged(runner), views(ds, protocol), max_drop=max_drop, context=ctx)
 
 
-def quantize_stage(fp32: Path, out: Path, batches: Any, fingerprint: str | None, *, form: str, method: str,
-                   per_channel: bool, percentile: float, cache_path: Path | None, val_ds: Any = None,
-                   max_drop: float | None = None, fallback_precision: str = "fp32", reduce_range: bool = False,
+def quantize_stage(fp32: Path, out: Path, batches: Any, fingerprint: str | None, *, options: QuantOptions,
+                   cache_path: Path | None, exclude: tuple[str, ...] = (), val_ds: Any = None,
+                   max_drop: float | None = None, fallback_precision: str = "fp32",
                    log: Callable[[str], None] = lambda s: None):
-    """Quantize to the Q/DQ ``form`` (``reduce_range``: 7-bit weights). With validation data, guarantee
-    ``max_drop`` by keeping the most harmful layers in ``fallback_precision``.
+    """Quantize with ``options``. With validation data, guarantee ``max_drop`` by keeping the most
+    harmful layers in ``fallback_precision`` (``exclude`` is kept float from the start then too).
     Returns (QuantizeResult, fallback record or None)."""
     from edgeres.quantize import quantize
 
     if val_ds is None or max_drop is None:
-        q = quantize(fp32, out, batches, data_fingerprint=fingerprint, method=method, form=form,
-                     per_channel=per_channel, percentile=percentile, cache_path=cache_path,
-                     reduce_range=reduce_range)
+        q = quantize(fp32, out, batches, data_fingerprint=fingerprint, options=options, cache_path=cache_path,
+                     exclude=frozenset(exclude))
         return q, None
     from edgeres.data import iter_batches
     from edgeres.quantize.fallback import quantize_with_fallback
 
     fb = quantize_with_fallback(
         fp32, out, batches, lambda: iter_batches(val_ds, EVAL_BATCH), max_drop=max_drop,
-        data_fingerprint=fingerprint, method=method, form=form, per_channel=per_channel,
-        percentile=percentile, cache_path=cache_path, fallback_precision=fallback_precision,
-        reduce_range=reduce_range, log=log,
+        data_fingerprint=fingerprint, options=options, cache_path=cache_path, exclude=exclude,
+        fallback_precision=fallback_precision, log=log,
     )
     return fb.quantize_result, {**fb.metadata(), "layers": list(fb.fallback_layers)}
 
 
 def validate_bundle(bundle: str | os.PathLike | Bundle, data: str, *, max_drop: float | None = None,
-                    limit: int | None = None, verify: bool = True) -> AccuracyReport:
+                    limit: int | None = None, verify: bool = True, protocol: Any = None) -> AccuracyReport:
     """Validate a bundle's artifact against its FP32 ONNX on labelled images ``data``.
 
-    ``max_drop`` defaults to the bundle target's threshold. Returns the report; the
-    caller decides what a failure means (the CLI exits 1).
+    ``max_drop`` defaults to the bundle target's threshold. ``protocol``: an
+    :class:`edgeres.protocols.Protocol` (10-crop, multi-scale; default 1-crop). Returns the
+    report; the caller decides what a failure means (the CLI exits 1).
     """
     from edgeres.backends import get_backend
 
@@ -285,7 +314,7 @@ def validate_bundle(bundle: str | os.PathLike | Bundle, data: str, *, max_drop: 
     ds = open_data(data, "val", b.preprocessing, limit=limit)
     ctx = {"model": b.manifest["model"]["name"], "target": b.target_name, "precision": b.precision,
            "bundle": str(b.root), "data": str(data)}
-    return _validate(b.file("fp32"), b.deploy_onnx, art, backend, ds, threshold, ctx)
+    return _validate(b.file("fp32"), b.deploy_onnx, art, backend, ds, threshold, ctx, protocol)
 
 
 def get_target_from_manifest(b: Bundle) -> Target:
