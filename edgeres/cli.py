@@ -152,6 +152,8 @@ def compile_cmd(
     bias_correction: Optional[bool] = cli_quantize.BiasOpt,
     equalize: Optional[bool] = cli_quantize.EqualizeOpt,
     exclude: Optional[List[str]] = cli_quantize.ExcludeOpt,
+    qat_data: Optional[str] = cli_quantize.QatDataOpt,
+    qat_epochs: Optional[int] = cli_quantize.QatEpochsOpt,
     max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Top-1 points allowed (default: the target's)."),
     val_limit: Optional[int] = typer.Option(None, "--val-limit", help="Validate on at most this many images."),
     fallback: bool = typer.Option(True, "--fallback/--no-fallback",
@@ -174,6 +176,7 @@ def compile_cmd(
         res = compile_bundle(
             source, tgt, out, precision=precision, weights=weights, calib=calib, val=val, quant=quant,
             calib_cache=calib_cache, exclude=tuple(exclude or ()), max_drop=max_drop, val_limit=val_limit,
+            qat=cli_quantize.qat_from_cli(qat_data, qat_epochs),
             fallback=fallback, log=lambda s: console.print(f"  {s}", markup=False),
             backend_options=_backend_options(option, tuning_db),
         )

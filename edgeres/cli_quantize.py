@@ -22,6 +22,20 @@ BiasOpt = typer.Option(None, "--bias-correction/--no-bias-correction",
                        help="Correct each layer's output mean shift (default: where it helps on held-out images).")
 EqualizeOpt = typer.Option(None, "--equalize/--no-equalize", help="Cross-layer equalization before calibration.")
 ExcludeOpt = typer.Option(None, "--exclude", help="Keep this layer (ONNX node name) in float; repeatable.")
+QatDataOpt = typer.Option(None, "--qat-data", help="Training images: fine-tune with quantization-aware training "
+                          "when --max-drop cannot be met with calibration choices and <= 3 float layers.")
+QatEpochsOpt = typer.Option(None, "--qat-epochs", help="Epochs of quantization-aware training (default 1).")
+
+
+def qat_from_cli(data: Optional[str], epochs: Optional[int]):
+    """QatOptions, or None without --qat-data."""
+    if data is None:
+        if epochs is not None:
+            raise UsageError("--qat-epochs needs --qat-data DIR (the training images)")
+        return None
+    from edgeres.training.qat import QatOptions
+
+    return QatOptions(data=data) if epochs is None else QatOptions(data=data, epochs=epochs)
 
 
 def options_from_cli(target: Any = None, *, method: Optional[str] = None, percentile: Optional[float] = None,
@@ -56,6 +70,10 @@ def register(app: typer.Typer, console) -> None:  # noqa: ANN001
         val: Optional[str] = typer.Option(None, "--val", help="Labelled images: fall back sensitive layers to meet --max-drop."),
         max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Top-1 points allowed with --val (default 1.0)."),
         val_limit: Optional[int] = typer.Option(None, "--val-limit"),
+        qat_checkpoint: Optional[Path] = typer.Option(None, "--qat-checkpoint", help="The edgeres checkpoint the "
+                                                      "ONNX was exported from (trainable source for --qat-data)."),
+        qat_data: Optional[str] = QatDataOpt,
+        qat_epochs: Optional[int] = QatEpochsOpt,
     ):
         """Quantize an ONNX model to explicit Q/DQ INT8 with calibration images."""
         from edgeres.export import onnx_source
@@ -69,11 +87,19 @@ def register(app: typer.Typer, console) -> None:  # noqa: ANN001
             raise UsageError("pass --calib DIR (calibration images) or an existing --calib-cache FILE")
         if max_drop is not None and val is None:
             raise UsageError("--max-drop needs --val DIR (labelled images to measure the drop on)")
+        qat = qat_from_cli(qat_data, qat_epochs)
+        source = None
+        if qat is not None:
+            if qat_checkpoint is None or val is None:
+                raise UsageError("--qat-data needs --qat-checkpoint PT (the model to fine-tune) and --val DIR")
+            from edgeres.checkpoint import load_checkpoint
+
+            source = load_checkpoint(qat_checkpoint)
         batches, fingerprint = open_calibration(calib, src.preprocessing, opts.num_calib)
         val_ds = open_data(val, "val", src.preprocessing, limit=val_limit) if val else None
         cache = calib_cache or out.with_suffix(".calib.json")
         res, fb = quantize_stage(onnx_path, out, batches, fingerprint, options=opts, cache_path=cache,
-                                 exclude=tuple(exclude or ()), val_ds=val_ds,
+                                 exclude=tuple(exclude or ()), val_ds=val_ds, qat=qat, source=source,
                                  max_drop=(1.0 if max_drop is None else max_drop) if val_ds is not None else None,
                                  log=lambda s: console.print(f"  {s}", markup=False))
         info = {"method": res.method, "requested_method": opts.method, "bias_correction": res.bias_correction,
@@ -84,6 +110,11 @@ def register(app: typer.Typer, console) -> None:  # noqa: ANN001
                       f"{res.form} form, {'7-bit weights, ' if res.reduce_range else ''}"
                       f"{res.num_quantized_nodes} nodes INT8, {res.num_calib} calibration images"
                       f"{', cache hit' if res.cache_hit else ''}; cache {res.cache_path})")
+        if fb is not None and fb.get("qat"):
+            qr = fb["qat"]
+            console.print(f"quantization-aware training ({qr['epochs']} epoch(s), {qr['steps']} steps): top-1 drop "
+                          f"{qr['before']['drop_top1']:.2f} -> {qr['after']['drop_top1']:.2f} points; fine-tuned "
+                          f"FP32 model {qr['onnx']}", markup=False)
         if fb is not None:
             console.print(f"top-1 drop {fb['drop_top1']:.2f} points (plain INT8: {fb['baseline_drop_top1']:.2f}); "
                           f"kept in FP32: {', '.join(fb['layers']) or 'none'}")

@@ -132,7 +132,10 @@ def debug_bundle(bundle: str | os.PathLike, data: str, *, images: int = DEFAULT_
                          "debug an INT8 bundle (edgeres compile ... --precision int8)")
     qmodel = load_model(b.file("int8"))
     meta = read_quantization_metadata(qmodel) or {}
-    reference, _ = prepared_graph(load_model(b.file("fp32")), bool(meta.get("equalize", False)))
+    # A QAT bundle's Q/DQ model was built from its fine-tuned FP32 model: that is the layers' reference.
+    qat_onnx = (meta.get("qat") or {}).get("onnx")
+    ref_file = b.root / qat_onnx if qat_onnx and (b.root / qat_onnx).is_file() else b.file("fp32")
+    reference, _ = prepared_graph(load_model(ref_file), bool(meta.get("equalize", False)))
     ds = open_data(data, "val", b.preprocessing, limit=images, allow_unlabelled=True)
     x = np.concatenate([xb for xb, _ in iter_batches(ds, 64)]) if len(ds) else np.zeros((0,))
     if x.shape[0] == 0:

@@ -100,6 +100,7 @@ def compile_bundle(
     quant: QuantOptions | None = None,
     calib_cache: str | os.PathLike | None = None,
     exclude: tuple[str, ...] = (),
+    qat: Any = None,
     max_drop: float | None = None,
     val_limit: int | None = None,
     fallback: bool = True,
@@ -125,6 +126,8 @@ def compile_bundle(
     src = resolve_source(source, weights)
     if prec == "int8" and not calib and not calib_cache:
         raise UsageError("--precision int8 needs calibration images: pass --calib DIR (or --calib-cache FILE)")
+    if qat is not None:
+        _check_qat(src, prec, val, fallback)
     out = Path(out)
     threshold = max_drop if max_drop is not None else tgt.max_drop
     timings: dict[str, float] = {}
@@ -140,7 +143,8 @@ def compile_bundle(
         if prec == "int8":
             t = time.perf_counter()
             quant_info = _quantize_into(tmp, tgt, pre, quant, calib=calib, calib_cache=calib_cache, exclude=exclude,
-                                        val_ds=val_ds if fallback else None, max_drop=threshold, log=log)
+                                        val_ds=val_ds if fallback else None, max_drop=threshold, log=log,
+                                        qat=qat, source=src)
             deploy_onnx = tmp / INT8_ONNX
             timings["quantize"] = time.perf_counter() - t
             fb = quant_info["fallback"]
@@ -196,6 +200,20 @@ def compile_bundle(
     return result
 
 
+def _check_qat(src: Any, precision: str, val: str | None, fallback: bool) -> None:
+    """Quantization-aware training needs a trainable source, INT8, and a bound to meet (--val)."""
+    from edgeres.checkpoint import LoadedModel
+
+    if precision != "int8":
+        raise UsageError(f"--qat-data is for --precision int8, not {precision}")
+    if not val or not fallback:
+        raise UsageError("--qat-data needs --val DIR (QAT runs only when the --max-drop bound cannot be met "
+                         "otherwise) and the fallback on")
+    if not isinstance(src, LoadedModel) or not src.source:
+        raise UsageError("quantization-aware training needs an edgeres checkpoint as the source "
+                         "(edgeres train writes one), not an ONNX file or zoo weights")
+
+
 def check_quant_options(tgt: Target, quant: QuantOptions | None) -> QuantOptions:
     """``quant`` (default: the target's) checked against the target's Q/DQ form."""
     if quant is None:
@@ -216,7 +234,8 @@ def describe_quantization(info: dict[str, Any]) -> str:
 
 def _quantize_into(tmp: Path, tgt: Target, pre: Preprocessing, quant: QuantOptions, *, calib: str | None,
                    calib_cache: str | os.PathLike | None, exclude: tuple[str, ...], val_ds: Any,
-                   max_drop: float | None, log: Callable[[str], None]) -> dict[str, Any]:
+                   max_drop: float | None, log: Callable[[str], None], qat: Any = None,
+                   source: Any = None) -> dict[str, Any]:
     """Quantize the bundle's FP32 ONNX into its INT8 ONNX (with the calibration cache); the manifest record."""
     batches, fingerprint = open_calibration(calib, pre, quant.num_calib)
     cache_dest = tmp / CALIB_CACHE
@@ -224,7 +243,8 @@ def _quantize_into(tmp: Path, tgt: Target, pre: Preprocessing, quant: QuantOptio
         shutil.copyfile(calib_cache, cache_dest)
     q, fb_record = quantize_stage(
         tmp / FP32_ONNX, tmp / INT8_ONNX, batches, fingerprint, options=quant, cache_path=cache_dest,
-        exclude=exclude, fallback_precision=tgt.fallback_precision, val_ds=val_ds, max_drop=max_drop, log=log)
+        exclude=exclude, fallback_precision=tgt.fallback_precision, val_ds=val_ds, max_drop=max_drop, log=log,
+        qat=qat, source=source)
     if calib_cache and not Path(calib_cache).is_file():
         shutil.copyfile(cache_dest, calib_cache)
     if q.auto.get("why"):
@@ -273,10 +293,12 @@ def _validate(fp32_onnx: Path, deploy_onnx: Path, artifact: Any, backend: Any, d
 
 def quantize_stage(fp32: Path, out: Path, batches: Any, fingerprint: str | None, *, options: QuantOptions,
                    cache_path: Path | None, exclude: tuple[str, ...] = (), val_ds: Any = None,
-                   max_drop: float | None = None, fallback_precision: str = "fp32",
-                   log: Callable[[str], None] = lambda s: None):
+                   max_drop: float | None = None, fallback_precision: str = "fp32", qat: Any = None,
+                   source: Any = None, log: Callable[[str], None] = lambda s: None):
     """Quantize with ``options``. With validation data, guarantee ``max_drop`` by keeping the most
-    harmful layers in ``fallback_precision`` (``exclude`` is kept float from the start then too).
+    harmful layers in ``fallback_precision`` (``exclude`` is kept float from the start then too), and
+    with ``qat`` (:class:`~edgeres.training.qat.QatOptions`) and ``source`` (the checkpoint's model),
+    by quantization-aware fine-tuning when more than a few layers would have to stay float.
     Returns (QuantizeResult, fallback record or None)."""
     from edgeres.quantize import quantize
 
@@ -285,13 +307,19 @@ def quantize_stage(fp32: Path, out: Path, batches: Any, fingerprint: str | None,
                      exclude=frozenset(exclude))
         return q, None
     from edgeres.data import iter_batches
+
+    common = {"max_drop": max_drop, "data_fingerprint": fingerprint, "options": options, "exclude": exclude,
+              "fallback_precision": fallback_precision, "log": log}
+    if qat is not None:
+        from edgeres.quantize.qat_fallback import quantize_with_qat
+
+        fb, qat_record = quantize_with_qat(fp32, out, batches, lambda: iter_batches(val_ds, EVAL_BATCH),
+                                           cache_path=cache_path, source=source, qat=qat, **common)
+        return fb.quantize_result, {**fb.metadata(), "layers": list(fb.fallback_layers), "qat": qat_record}
     from edgeres.quantize.fallback import quantize_with_fallback
 
-    fb = quantize_with_fallback(
-        fp32, out, batches, lambda: iter_batches(val_ds, EVAL_BATCH), max_drop=max_drop,
-        data_fingerprint=fingerprint, options=options, cache_path=cache_path, exclude=exclude,
-        fallback_precision=fallback_precision, log=log,
-    )
+    fb = quantize_with_fallback(fp32, out, batches, lambda: iter_batches(val_ds, EVAL_BATCH), cache_path=cache_path,
+                                **common)
     return fb.quantize_result, {**fb.metadata(), "layers": list(fb.fallback_layers)}
 
 

@@ -31,7 +31,7 @@ from edgeres.quantize.qdq import insert_qdq, plan_quantization
 MIN_HOLDOUT = 16  # fewer held-out images cannot tell candidates apart
 FALLBACK_METHOD = "percentile"  # auto's pick when it cannot score (too few calibration images)
 BIAS_MARGIN = 0.02  # bias correction must lower the KL by 2 % to count as helping
-BIAS_FINALISTS = 1  # bias correction is tried on the best method (each try costs a pass)
+BIAS_FINALISTS = 2  # bias correction is tried on the best two methods (each try costs three short passes)
 Ranges = Mapping[str, tuple[float, float]]
 
 

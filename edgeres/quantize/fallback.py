@@ -123,6 +123,7 @@ def quantize_with_fallback(
     max_val_images: int | None = None,
     reference_onnx: Path | None = None,
     exclude: Iterable[str] = (),
+    record: dict[str, Any] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> FallbackResult:
     """Quantize ``fp32_onnx`` to ``out`` with a top-1 drop of at most ``max_drop`` points on the val images.
@@ -133,7 +134,8 @@ def quantize_with_fallback(
     :class:`~edgeres.errors.AccuracyRegression` (exit code 1) and writes nothing when the
     bound cannot be met: with every quantized node float, or after ``max_rounds`` rounds;
     the exception's ``result`` attribute holds the :class:`FallbackResult`. ``options`` and
-    ``exclude`` (layers float from the start) as for :func:`edgeres.quantize.quantize`.
+    ``exclude`` (layers float from the start) as for :func:`edgeres.quantize.quantize`; ``record``:
+    extra fields for the output's ``edgeres.quantization`` metadata.
     """
     _check_options(max_drop, step, max_rounds, fallback_precision, rank)
     options = options or QuantOptions()
@@ -185,7 +187,8 @@ def quantize_with_fallback(
                       f"drop within {max_drop} points: the model is effectively {fallback_precision}; check the "
                       "calibration data or try another --method", UserWarning, stacklevel=2)
     # The fallback layers keep their order in the record (write_qdq sorts its own list).
-    q = write_qdq(cal, out, excluded, extra={"fallback_layers": list(excluded), "fallback": result.metadata()})
+    q = write_qdq(cal, out, excluded,
+                  extra={**(record or {}), "fallback_layers": list(excluded), "fallback": result.metadata()})
     result.path, result.quantize_result = out, q
     result.seconds = time.perf_counter() - t0
     return result

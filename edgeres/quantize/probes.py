@@ -5,7 +5,8 @@
 * :func:`measure_bias`: bias correction. In the Q/DQ model, beside every quantized Conv/Gemm,
   a copy with FP32 weights reads the same (unquantized) input; the per-channel mean of
   ``copy - original`` over calibration images is the layer's own output mean shift (weight
-  rounding and input clipping/rounding), measured where the layer sits in the quantized model.
+  rounding and input clipping/rounding), measured where the layer sits in the quantized model;
+  a second pass adds what is left against the FP32 model's means.
   :func:`with_bias` adds it to the layer's bias: an ONNX rewrite every backend receives.
 """
 
@@ -24,6 +25,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from edgeres.quantize.options import QuantOptions
 
 BIAS_OPS = ("Conv", "Gemm")
+SIGNIFICANCE = 2.0  # a channel's shift is corrected when its mean exceeds this many standard errors
+# Half of the remaining shift: every layer's remainder also holds what the upstream layers' remainders
+# cause, so correcting all of them in full at once over-corrects (measured: half is as good or better).
+RESIDUAL_DAMPING = 0.5
 
 
 class _Fresh:
@@ -54,21 +59,16 @@ def _add_probe(g, node, inputs: list[str], fresh: _Fresh) -> str:
     return probe.output[0]
 
 
-def _channel_stats(pairs: Mapping[str, tuple[str, str]], model, images: Iterable[np.ndarray],
-                   kind: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per node, summed over images: squared error and squared reference per channel (``kind="error"``),
-    or the sum of ``probe - original`` per channel and the count of values per channel (``"shift"``)."""
+def _channel_errors(pairs: Mapping[str, tuple[str, str]], model, images: Iterable[np.ndarray]
+                    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per node, summed over images: squared error and squared reference per channel (axis 1)."""
     names = [t for pair in pairs.values() for t in pair]
     acc: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for _, _, values in iter_tensors(model, names, list(images)):
         for name, (a, b) in pairs.items():
             va = values[a].astype(np.float64)
             axes = tuple(d for d in range(va.ndim) if d != 1) if va.ndim >= 2 else None
-            if kind == "error":
-                first, second = np.sum(np.square(values[b] - va), axis=axes), np.sum(np.square(va), axis=axes)
-            else:
-                first = np.sum(values[b] - va, axis=axes)
-                second = np.full(np.shape(first), va.size / max(np.size(first), 1))
+            first, second = np.sum(np.square(values[b] - va), axis=axes), np.sum(np.square(va), axis=axes)
             old = acc.get(name)
             acc[name] = (first, second) if old is None else (old[0] + first, old[1] + second)
     return acc
@@ -117,7 +117,7 @@ def local_errors(cal, inputs: Iterable[np.ndarray], nodes: Sequence[str]) -> dic
             g.initializer.append(numpy_helper.from_array(w, w_name))
             new_inputs[site.index] = w_name
         pairs[name] = (node.output[0], _add_probe(g, node, new_inputs, fresh))
-    acc = _channel_stats(pairs, model, inputs, "error")
+    acc = _channel_errors(pairs, model, inputs)
     return {n: channel_error(*acc[n]) for n in pairs}
 
 
@@ -140,10 +140,36 @@ def bias_sites(model, plan: QuantPlan) -> list[str]:
     return [w.node for w in plan.weights if kinds[w.node] in BIAS_OPS and (w.node, 0) in plan.activations]
 
 
+def _image_means(model, outputs: Sequence[str], images: np.ndarray) -> dict[str, np.ndarray]:
+    """Per output tensor: (images, channels) means over every axis but 0 and 1."""
+    acc: dict[str, list[np.ndarray]] = {o: [] for o in outputs}
+    for _, _, values in iter_tensors(model, list(dict.fromkeys(outputs)), [images]):
+        for o in outputs:
+            v = values[o].astype(np.float64)
+            acc[o].append(v.reshape(v.shape[0], v.shape[1], -1).mean(axis=2) if v.ndim > 2 else v)
+    return {o: np.concatenate(acc[o]) for o in outputs}
+
+
+def significant_shift(diff: np.ndarray, z: float = SIGNIFICANCE) -> np.ndarray:
+    """Mean over images of per-image, per-channel differences (images, channels); 0 where the mean is
+    within ``z`` standard errors of 0 (noise of the estimate, not a shift: correcting it adds error)."""
+    n = diff.shape[0]
+    mean = diff.mean(axis=0)
+    se = diff.std(axis=0, ddof=1) / np.sqrt(n) if n > 1 else np.full_like(mean, np.inf)
+    return np.where(np.abs(mean) > z * se, mean, 0.0)
+
+
 def measure_bias(model, ranges: Mapping[str, tuple[float, float]], options: "QuantOptions",
                  images: np.ndarray) -> dict[str, np.ndarray]:
-    """Per quantized Conv/Gemm of ``model`` (the prepared FP32 graph): its output mean shift
-    (FP32 weights minus Q/DQ, per output channel) on ``images``, measured in the Q/DQ model."""
+    """Per quantized Conv/Gemm of ``model`` (the prepared FP32 graph): the bias correction, on ``images``.
+
+    Two passes. (1) Each layer's own output mean shift, measured where it sits in the Q/DQ model:
+    a copy with FP32 weights reads the same unquantized input (weight rounding, input clipping and
+    rounding; no upstream error, so nothing is corrected twice). (2) With those corrections in, half
+    of the remaining per-channel mean difference between the Q/DQ model and the FP32 model at each
+    layer's output (what upstream noise does through the nonlinearities) is added too. Only shifts
+    beyond :data:`SIGNIFICANCE` standard errors (per-image means) are corrected.
+    """
     from onnx import numpy_helper
 
     plan = plan_quantization(model, options.form)
@@ -166,8 +192,15 @@ def measure_bias(model, ranges: Mapping[str, tuple[float, float]], options: "Qua
             g.initializer.append(copy)
             inputs.append(copy.name)
         pairs[name] = (q_nodes[name].output[0], _add_probe(g, fp, inputs, fresh))
-    acc = _channel_stats(pairs, qmodel, [images], "shift")
-    return {n: (acc[n][0] / np.maximum(acc[n][1], 1.0)).astype(np.float32) for n in pairs}
+    means = _image_means(qmodel, [t for pair in pairs.values() for t in pair], images)
+    local = {n: significant_shift(means[b] - means[a]) for n, (a, b) in pairs.items()}
+    corrected = with_bias(model, {n: v.astype(np.float32) for n, v in local.items()})
+    q2 = insert_qdq(corrected, plan_quantization(corrected, options.form), ranges, per_channel=options.per_channel,
+                    reduce_range=options.reduce_range)
+    outputs = {n: fp_nodes[n].output[0] for n in sites}
+    ref, got = _image_means(model, list(outputs.values()), images), _image_means(q2, list(outputs.values()), images)
+    return {n: (local[n] + RESIDUAL_DAMPING * significant_shift(ref[o] - got[o])).astype(np.float32)
+            for n, o in outputs.items()}
 
 
 def with_bias(model, deltas: Mapping[str, np.ndarray], skip: Iterable[str] = ()) -> "onnx.ModelProto":
