@@ -150,14 +150,35 @@ def quantize_with_fallback(
         say(f"calibration: {cal.choice['why']}")
     ev = Evaluator(Path(reference_onnx or fp32_onnx), val_batches_fn, max_images=max_val_images)
 
-    def evaluate(excluded: list[str], round_: int) -> AccuracyReport:
+    result = _fall_back(cal, ev, list(dict.fromkeys(exclude)), max_drop=max_drop, step=step, max_rounds=max_rounds,
+                        rank=rank, fallback_precision=fallback_precision, say=say)
+    final, excluded, candidates = result.reports[-1], list(result.fallback_layers), result.num_candidates
+    if not final.passed:
+        result.seconds = time.perf_counter() - t0
+        raise _regression(result)
+    if result.all_fell_back:
+        warnings.warn(f"every one of the {candidates} quantized layers had to stay float to keep the top-1 "
+                      f"drop within {max_drop} points: the model is effectively {fallback_precision}; check the "
+                      "calibration data or try another --method", UserWarning, stacklevel=2)
+    # The fallback layers keep their order in the record (write_qdq sorts its own list).
+    q = write_qdq(cal, out, excluded,
+                  extra={**(record or {}), "fallback_layers": list(excluded), "fallback": result.metadata()})
+    result.path, result.quantize_result = out, q
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _fall_back(cal, ev: Evaluator, excluded: list[str], *, max_drop: float, step: int, max_rounds: int | None,
+               rank: str, fallback_precision: str, say: Callable[[str], None]) -> FallbackResult:
+    """Evaluate plain INT8, then keep the ``step`` most harmful remaining layers float per round until the
+    bound holds (or ``max_rounds`` / the candidates run out); the result without path."""
+    def evaluate(round_: int) -> AccuracyReport:
         t = time.perf_counter()
         s = ev.score(cal.build(excluded))
         return ev.report(s, max_drop=max_drop, seconds=time.perf_counter() - t,
                          context={"round": round_, "fallback_layers": list(excluded)})
 
-    excluded: list[str] = list(dict.fromkeys(exclude))
-    reports = [evaluate(excluded, 0)]
+    reports = [evaluate(0)]
     say(f"plain INT8 ({cal.method}{' + bias correction' if cal.bias else ''}): top-1 drop "
         f"{reports[0].drop_top1:.2f} points (limit {max_drop})")
     candidates = [n for n in cal.nodes() if n not in excluded]
@@ -169,29 +190,16 @@ def quantize_with_fallback(
     while not reports[-1].passed and queue and (max_rounds is None or len(reports) - 1 < max_rounds):
         excluded += queue[:step]
         del queue[:step]
-        reports.append(evaluate(excluded, len(reports)))
+        reports.append(evaluate(len(reports)))
         say(f"round {len(reports) - 1}: {len(excluded)} layer(s) float, "
             f"top-1 drop {reports[-1].drop_top1:.2f} points")
     final = reports[-1]
-    result = FallbackResult(
+    return FallbackResult(
         path=None, drop_top1=final.drop_top1, baseline_drop_top1=reports[0].drop_top1,
         fallback_layers=tuple(excluded), rounds=len(reports) - 1, reports=reports, passed=final.passed,
         max_drop=max_drop, fallback_precision=fallback_precision, rank=rank, ranking=ranking,
         num_candidates=len(candidates), all_fell_back=bool(candidates) and set(candidates) <= set(excluded),
     )
-    if not final.passed:
-        result.seconds = time.perf_counter() - t0
-        raise _regression(result)
-    if result.all_fell_back:
-        warnings.warn(f"every one of the {len(candidates)} quantized layers had to stay float to keep the top-1 "
-                      f"drop within {max_drop} points: the model is effectively {fallback_precision}; check the "
-                      "calibration data or try another --method", UserWarning, stacklevel=2)
-    # The fallback layers keep their order in the record (write_qdq sorts its own list).
-    q = write_qdq(cal, out, excluded,
-                  extra={**(record or {}), "fallback_layers": list(excluded), "fallback": result.metadata()})
-    result.path, result.quantize_result = out, q
-    result.seconds = time.perf_counter() - t0
-    return result
 
 
 def _rank(cal, ev: Evaluator, candidates: list[str], rank: str) -> list[tuple[str, float]]:
