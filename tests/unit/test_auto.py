@@ -144,3 +144,10 @@ def test_bias_correction_reduces_each_layers_output_mean_error(tmp_path):
     corrected = {t.name.split(".")[0] for t in on.build().graph.initializer if t.name.endswith("bias_corrected_int32")}
     producer = {n.output[0]: n.name for n in reference.graph.node}
     assert {producer[o] for o in shifted} <= corrected
+
+
+def test_auto_with_too_few_images_to_score_says_so(tmp_path):
+    fp32 = spiky_model(tmp_path / "spiky.onnx")
+    with pytest.warns(UserWarning, match="--method auto: 10 held-out calibration images are too few.*percentile"):
+        res = quantize(fp32, tmp_path / "few.onnx", lambda: [CALIB[:40]], data_fingerprint="few")
+    assert res.method == "percentile" and "too few" in res.auto["why"] and res.num_calib == 40
