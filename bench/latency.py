@@ -42,7 +42,7 @@ def build_runners(name: str, size: int | None, checkpoint: str | None, target: s
     from edgeres.backends.onnxruntime import make_runner
     from edgeres.checkpoint import load_checkpoint
     from edgeres.export import export_onnx, resolve_source
-    from edgeres.quantize import quantize
+    from edgeres.quantize import QuantOptions, quantize
     from edgeres.targets import get_target
 
     loaded = load_checkpoint(checkpoint) if checkpoint else resolve_source(name, "random")
@@ -70,8 +70,8 @@ def build_runners(name: str, size: int | None, checkpoint: str | None, target: s
         rng = np.random.default_rng(1)
         int8 = work / f"{name}.int8.onnx"
         quantize(fp32, int8, lambda: (rng.standard_normal((8, 3, h, w)).astype(np.float32) for _ in range(4)),
-                 data_fingerprint="bench-random", method="minmax", form="cpu", cache_path=None,
-                 reduce_range=tgt.reduce_range)  # as `edgeres compile` quantizes for this target
+                 data_fingerprint="bench-random", cache_path=None,  # the target's form and weight width
+                 options=QuantOptions.for_target(tgt, method="minmax", bias_correction="off"))
         out.append((row("onnxruntime int8 (qdq)"), make_runner(int8)))
     backend = get_backend(tgt.backend)
     options = {"tuning_db": tuning_db} if tuning_db else None

@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from edgeres import cli_quantize
 from edgeres.cli_format import any_report_table, console, parse_options, pct, print_bundle_report, report_table
 from edgeres.errors import AccuracyRegression, EdgeresError, UsageError
 
@@ -151,10 +152,16 @@ def compile_cmd(
     weights: Optional[str] = typer.Option(None, "--weights", help="For a zoo name: torchvision-format .pth, or 'random'."),
     calib: Optional[str] = typer.Option(None, "--calib", help="Calibration images for INT8."),
     val: Optional[str] = typer.Option(None, "--val", help="Labelled images to validate the artifact against FP32."),
-    method: str = typer.Option("entropy", "--method", help="entropy | minmax | percentile | mse"),
-    num_calib: int = typer.Option(512, "--num-calib"),
+    method: Optional[str] = cli_quantize.MethodOpt,
+    num_calib: Optional[int] = cli_quantize.NumCalibOpt,
     calib_cache: Optional[Path] = typer.Option(None, "--calib-cache"),
-    per_channel: bool = typer.Option(True, "--per-channel/--per-tensor"),
+    per_channel: Optional[bool] = cli_quantize.PerChannelOpt,
+    percentile: Optional[float] = cli_quantize.PercentileOpt,
+    bias_correction: Optional[bool] = cli_quantize.BiasOpt,
+    equalize: Optional[bool] = cli_quantize.EqualizeOpt,
+    exclude: Optional[List[str]] = cli_quantize.ExcludeOpt,
+    qat_data: Optional[str] = cli_quantize.QatDataOpt,
+    qat_epochs: Optional[int] = cli_quantize.QatEpochsOpt,
     max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Top-1 points allowed (default: the target's)."),
     val_limit: Optional[int] = typer.Option(None, "--val-limit", help="Validate on at most this many images."),
     fallback: bool = typer.Option(True, "--fallback/--no-fallback",
@@ -169,15 +176,20 @@ def compile_cmd(
 ):
     """Export, quantize, compile and validate into a deployment bundle."""
     from edgeres.pipeline import compile_bundle
+    from edgeres.targets import get_target
 
     if out is None:
         stem = Path(source).stem if source.endswith((".pt", ".pth", ".onnx")) else source
         out = Path("bundles") / f"{stem}-{target}-{precision or 'default'}"
+    tgt = get_target(target, tuple(targets_dir or ()))
+    quant = cli_quantize.options_from_cli(tgt, method=method, percentile=percentile, num_calib=num_calib,
+                                          per_channel=per_channel, bias_correction=bias_correction, equalize=equalize)
     try:
         res = compile_bundle(
-            source, target, out, precision=precision, weights=weights, calib=calib, val=val, method=method,
-            num_calib=num_calib, calib_cache=calib_cache, per_channel=per_channel, max_drop=max_drop,
-            val_limit=val_limit, fallback=fallback, targets_dirs=tuple(targets_dir or ()), log=lambda s: console.print(f"  {s}"),
+            source, tgt, out, precision=precision, weights=weights, calib=calib, val=val, quant=quant,
+            calib_cache=calib_cache, exclude=tuple(exclude or ()), max_drop=max_drop, val_limit=val_limit,
+            qat=cli_quantize.qat_from_cli(qat_data, qat_epochs),
+            fallback=fallback, log=lambda s: console.print(f"  {s}", markup=False),
             backend_options=_backend_options(option, tuning_db), task=task, features=features, min_cosine=min_cosine,
         )
     except AccuracyRegression:
@@ -214,6 +226,10 @@ def validate(
     junit: Optional[Path] = typer.Option(None, "--junit", help="Write JUnit XML: one test case per gate (for CI)."),
     summary: Optional[Path] = typer.Option(None, "--summary", help="Write a Markdown table (appended when FILE is "
                                            "$GITHUB_STEP_SUMMARY)."),
+    crops: int = typer.Option(1, "--crops", help="1 (the model's preprocessing) | 10 (4 corners + centre, "
+                              "and their flips, softmax averaged)."),
+    scales: Optional[str] = typer.Option(None, "--scales", help="Multi-scale testing, e.g. 224,256,384,480,640 "
+                                         "(artifacts compiled with a dynamic spatial size only)."),
 ):
     """Top-1/top-5 of the bundle's artifact vs its FP32 reference (a feature bundle: cosine per output);
     exit 1 when a gate (--max-drop, --max-drop-top5, --min-agreement, --min-cosine) is broken."""
@@ -221,6 +237,7 @@ def validate(
     from edgeres.ci_report import check_output_file, write_ci_files
     from edgeres.gates import bundle_selftest_gate, failed, report_gates
     from edgeres.pipeline import validate_bundle
+    from edgeres.protocols import Protocol, parse_scales
 
     for path, opt, example in ((junit, "--junit", "edgeres-junit.xml"), (summary, "--summary", "summary.md"),
                                (json_out, "--json", "report.json")):
@@ -229,7 +246,8 @@ def validate(
     if b.task.is_features and (max_drop_top5 is not None or min_agreement is not None):
         raise UsageError(f"{bundle} is a feature extractor: --max-drop-top5/--min-agreement gate classifiers; "
                          "use --min-cosine")
-    report = validate_bundle(b, data, max_drop=max_drop, limit=limit, min_cosine=min_cosine)
+    protocol = Protocol(crops=crops, scales=parse_scales(scales))
+    report = validate_bundle(b, data, max_drop=max_drop, limit=limit, min_cosine=min_cosine, protocol=protocol)
     gates = report_gates(report) if b.task.is_features else report_gates(
         report, max_drop_top5=max_drop_top5, min_agreement=min_agreement)
     selftest = bundle_selftest_gate(b)
@@ -343,9 +361,10 @@ def quickstart(
     console.print(f"bundle: {res.bundle}   try: edgeres run {res.bundle} IMAGE.png")
 
 
-from edgeres import cli_deploy, cli_quantize, cli_report, cli_tune  # noqa: E402
+from edgeres import cli_debug, cli_deploy, cli_report, cli_tune  # noqa: E402
 
 cli_quantize.register(app, console)
+cli_debug.register(app, console)
 cli_tune.register(app, console)
 cli_deploy.register(app, console)
 cli_report.register(app, console)

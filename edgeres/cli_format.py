@@ -45,7 +45,8 @@ def report_table(report, title: str = "Accuracy") -> Table:
     t.add_row("drop (points)", f"{report.drop_top1:+.2f}", f"{report.drop_top5:+.2f}")
     t.caption = (f"{report.num_images} images · top-1 agreement {pct(report.agreement_top1)} · "
                  f"mean logit cosine {report.mean_cosine:.4f} · max drop {report.max_drop} · "
-                 f"{'PASSED' if report.passed else 'FAILED'}")
+                 f"{'PASSED' if report.passed else 'FAILED'}"
+                 + (f" · protocol: {report.context['protocol']}" if report.context.get("protocol") else ""))
     return t
 
 

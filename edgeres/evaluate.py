@@ -18,6 +18,7 @@ from edgeres.errors import InputError
 from edgeres.fileio import write_json
 
 Runner = Callable[[np.ndarray], np.ndarray]
+EVAL_BATCH = 64  # images per batch when a model is evaluated
 CONFUSION_MAX_CLASSES = 100  # confusion matrices are stored up to this many classes (100 x 100 counts)
 
 

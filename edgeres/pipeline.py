@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,16 +15,16 @@ from edgeres.bundle import (
     ARTIFACT_DIR, CALIB_CACHE, FP32_ONNX, INT8_ONNX, LABELS, REPORT, Bundle, load_bundle, write_manifest,
 )
 from edgeres.errors import AccuracyRegression, UsageError
-from edgeres.evaluate import AccuracyReport, compare
+from edgeres.evaluate import EVAL_BATCH, AccuracyReport, compare
 from edgeres.fileio import atomic_dir, sha256_file, write_json
 from edgeres.preprocessing import Preprocessing
+from edgeres.quant_stage import check_qat, check_quant_options, log_quantized, quantize_into
+from edgeres.quantize.options import QuantOptions
 from edgeres.targets import Target, get_target
 from edgeres.reports import regression_message, validation_record
 from edgeres.task import Task, check_task
 
-DEFAULT_NUM_CALIB = 512
 RECIPE = "recipe.json"
-EVAL_BATCH = 64
 
 
 @dataclass
@@ -108,11 +107,10 @@ def compile_bundle(
     weights: str | None = None,
     calib: str | None = None,
     val: str | None = None,
-    method: str = "entropy",
-    num_calib: int = DEFAULT_NUM_CALIB,
+    quant: QuantOptions | dict[str, Any] | None = None,
     calib_cache: str | os.PathLike | None = None,
-    per_channel: bool = True,
-    percentile: float = 99.99,
+    exclude: tuple[str, ...] = (),
+    qat: Any = None,
     max_drop: float | None = None,
     val_limit: int | None = None,
     fallback: bool = True,
@@ -131,9 +129,16 @@ def compile_bundle(
     ``max_drop`` (default: the target's threshold). ``task="features"`` compiles the backbone's
     stage outputs ``features`` (see :mod:`edgeres.task`); ``val`` then needs images only and the
     gate is ``min_cosine`` per output (accuracy-aware fallback needs labels: not applied).
+    ``quant`` defaults to the target's :class:`QuantOptions` (a dict: the target's with those
+    settings, e.g. ``{"num_calib": 64}``); ``exclude`` keeps ONNX nodes float;
+    ``qat`` (:class:`~edgeres.training.qat.QatOptions`) allows quantization-aware fine-tuning
+    when the ``max_drop`` bound cannot be met otherwise.
     """
     tgt, prec, backend, src = _preflight(source, target, precision, weights, calib, calib_cache, backend_options,
                                          targets_dirs, task=task, features=features)
+    quant = check_quant_options(tgt, quant)
+    if qat is not None:
+        check_qat(src, prec, val, fallback)
     out = Path(out)
     threshold = max_drop if max_drop is not None else tgt.max_drop
     timings: dict[str, float] = {}
@@ -148,13 +153,14 @@ def compile_bundle(
         deploy_onnx, quant_info = tmp / FP32_ONNX, None
         if prec == "int8":
             t = time.perf_counter()
-            quant_info = _quantize_into(tmp, tgt, pre, calib=calib, calib_cache=calib_cache, num_calib=num_calib,
-                                        method=method, per_channel=per_channel, percentile=percentile,
-                                        val_ds=val_ds if fallback and not task_rec.is_features else None,
-                                        max_drop=threshold, log=log)
+            batches, fingerprint = open_calibration(calib, pre, quant.num_calib)
+            quant_info = quantize_into(tmp / FP32_ONNX, tmp / INT8_ONNX, tmp / CALIB_CACHE, tgt, quant,
+                                       batches=batches, fingerprint=fingerprint, calib=calib, calib_cache=calib_cache,
+                                       exclude=exclude, val_ds=val_ds if fallback and not task_rec.is_features else None,
+                                       max_drop=threshold, log=log, qat=qat, source=src)
             deploy_onnx = tmp / INT8_ONNX
             timings["quantize"] = time.perf_counter() - t
-            _log_quantized(log, method, quant_info, tgt, timings["quantize"], threshold)
+            log_quantized(log, quant_info, tgt, timings["quantize"], threshold)
         conformance = backend.check_deploy_model(deploy_onnx, prec)
         artifact, recipe = _compile_stage(backend, tgt, prec, deploy_onnx, tmp, out, pre, backend_options,
                                           timings, notes, log)
@@ -206,14 +212,6 @@ def _preflight(source: str, target: str | Target, precision: str | None, weights
     return tgt, prec, backend, src
 
 
-def _log_quantized(log: Callable[[str], None], method: str, quant_info: dict[str, Any], tgt: Target,
-                   seconds: float, threshold: float | None) -> None:
-    fb = quant_info["fallback"]
-    log(f"quantized INT8 ({method}, {tgt.qdq_form} form) in {seconds:.1f} s"
-        + (f"; {len(fb['layers'])} layer(s) kept in {fb['precision']} to meet --max-drop {threshold}"
-           if fb and fb["layers"] else ""))
-
-
 def _compile_stage(backend: Any, tgt: Target, prec: str, deploy_onnx: Path, tmp: Path, out: Path,
                    pre: Preprocessing, backend_options: dict[str, Any] | None, timings: dict[str, float],
                    notes: list[str], log: Callable[[str], None]) -> tuple[Any, dict[str, Any] | None]:
@@ -245,28 +243,6 @@ def _validate_into(tmp: Path, deploy_onnx: Path, artifact: Any, backend: Any, va
     report.write(tmp / REPORT)
     timings["validate"] = time.perf_counter() - t
     return report
-
-
-def _quantize_into(tmp: Path, tgt: Target, pre: Preprocessing, *, calib: str | None,
-                   calib_cache: str | os.PathLike | None, num_calib: int, method: str, per_channel: bool,
-                   percentile: float, val_ds: Any, max_drop: float | None,
-                   log: Callable[[str], None]) -> dict[str, Any]:
-    """Quantize the bundle's FP32 ONNX into its INT8 ONNX (with the calibration cache); the manifest record."""
-    batches, fingerprint = open_calibration(calib, pre, num_calib)
-    cache_dest = tmp / CALIB_CACHE
-    if calib_cache and Path(calib_cache).is_file():
-        shutil.copyfile(calib_cache, cache_dest)
-    q, fb_record = quantize_stage(
-        tmp / FP32_ONNX, tmp / INT8_ONNX, batches, fingerprint, form=tgt.qdq_form,
-        fallback_precision=tgt.fallback_precision, method=method, per_channel=per_channel,
-        reduce_range=tgt.reduce_range, percentile=percentile, cache_path=cache_dest, val_ds=val_ds,
-        max_drop=max_drop, log=log)
-    if calib_cache and not Path(calib_cache).is_file():
-        shutil.copyfile(cache_dest, calib_cache)
-    return {"method": q.method, "form": q.form, "per_channel": q.per_channel, "reduce_range": q.reduce_range,
-            "num_calib": q.num_calib, "quantized_nodes": q.num_quantized_nodes, "excluded": list(q.excluded),
-            "cache_hit": q.cache_hit, "calib_data": calib, "calib_fingerprint": fingerprint,
-            "fallback": fb_record}
 
 
 def _write_golden(tmp: Path, pre: Preprocessing, prec: str, backend: Any, deploy_onnx: Path, *, val_ds: Any,
@@ -305,8 +281,10 @@ def _artifact_runner(artifact: Any, backend: Any, deploy_onnx: Path) -> tuple[An
 
 
 def _validate(fp32_onnx: Path, deploy_onnx: Path, artifact: Any, backend: Any, ds: Any, max_drop: float | None,
-              context: dict[str, Any], *, task: Task | None = None, min_cosine: float | None = None) -> Any:
-    """AccuracyReport of the artifact vs FP32 on labelled ``ds``; for a feature extractor, a FeatureReport."""
+              context: dict[str, Any], *, task: Task | None = None, min_cosine: float | None = None,
+              protocol: Any = None) -> Any:
+    """AccuracyReport of the artifact vs FP32 on labelled ``ds`` (under ``protocol``: 10-crop,
+    multi-scale; default 1-crop); for a feature extractor, a FeatureReport."""
     from edgeres.backends import reference_runner
     from edgeres.data import iter_batches
 
@@ -314,6 +292,10 @@ def _validate(fp32_onnx: Path, deploy_onnx: Path, artifact: Any, backend: Any, d
     runner, runner_name = _artifact_runner(artifact, backend, deploy_onnx)
     ctx = {**context, "backend": runner_name, "data_fingerprint": ds.fingerprint()}
     if task is None or not task.is_features:
+        if protocol is not None and not protocol.plain:
+            return _validate_protocol(fp32_onnx, deploy_onnx, artifact, reference, runner, runner_name, ds,
+                                      max_drop, ctx, protocol)
+        ctx["protocol"] = "1-crop"
         return compare(reference, runner, iter_batches(ds, EVAL_BATCH), max_drop=max_drop, context=ctx)
     from edgeres.errors import BackendUnavailable
     from edgeres.similarity import DEFAULT_MIN_COSINE, compare_features
@@ -328,40 +310,31 @@ def _validate(fp32_onnx: Path, deploy_onnx: Path, artifact: Any, backend: Any, d
                                 task.output_names, min_cosine=gate, context=ctx)
 
 
-def quantize_stage(fp32: Path, out: Path, batches: Any, fingerprint: str | None, *, form: str, method: str,
-                   per_channel: bool, percentile: float, cache_path: Path | None, val_ds: Any = None,
-                   max_drop: float | None = None, fallback_precision: str = "fp32", reduce_range: bool = False,
-                   log: Callable[[str], None] = lambda s: None):
-    """Quantize to the Q/DQ ``form`` (``reduce_range``: 7-bit weights). With validation data, guarantee
-    ``max_drop`` by keeping the most harmful layers in ``fallback_precision``.
-    Returns (QuantizeResult, fallback record or None)."""
-    from edgeres.quantize import quantize
+def _validate_protocol(fp32_onnx: Path, deploy_onnx: Path, artifact: Any, reference: Any, runner: Any,
+                       runner_name: str, ds: Any, max_drop: float | None, ctx: dict[str, Any],
+                       protocol: Any) -> AccuracyReport:
+    """The paper's evaluation protocols: softmax averaged over crops (and scales)."""
+    from edgeres.onnx_io import graph_io, load_model
+    from edgeres.protocols import averaged, check_dynamic, views
 
-    if val_ds is None or max_drop is None:
-        q = quantize(fp32, out, batches, data_fingerprint=fingerprint, method=method, form=form,
-                     per_channel=per_channel, percentile=percentile, cache_path=cache_path,
-                     reduce_range=reduce_range)
-        return q, None
-    from edgeres.data import iter_batches
-    from edgeres.quantize.fallback import quantize_with_fallback
-
-    fb = quantize_with_fallback(
-        fp32, out, batches, lambda: iter_batches(val_ds, EVAL_BATCH), max_drop=max_drop,
-        data_fingerprint=fingerprint, method=method, form=form, per_channel=per_channel,
-        percentile=percentile, cache_path=cache_path, fallback_precision=fallback_precision,
-        reduce_range=reduce_range, log=log,
-    )
-    return fb.quantize_result, {**fb.metadata(), "layers": list(fb.fallback_layers)}
+    if protocol.scales:
+        shape = artifact.input_shape if artifact is not None else graph_io(load_model(deploy_onnx)).inputs[0].dims
+        check_dynamic(shape, f"the {runner_name} artifact")
+        check_dynamic(graph_io(load_model(fp32_onnx)).inputs[0].dims, f"the FP32 model {fp32_onnx.name}")
+    ctx["protocol"] = protocol.name
+    return compare(averaged(reference), averaged(runner), views(ds, protocol), max_drop=max_drop, context=ctx)
 
 
 def validate_bundle(bundle: str | os.PathLike | Bundle, data: str, *, max_drop: float | None = None,
-                    limit: int | None = None, verify: bool = True, min_cosine: float | None = None) -> Any:
+                    limit: int | None = None, verify: bool = True, min_cosine: float | None = None,
+                    protocol: Any = None) -> Any:
     """Validate a bundle's artifact against its FP32 ONNX on labelled images ``data``.
 
     ``max_drop`` defaults to the bundle target's threshold. A feature extractor's bundle is
     compared output by output on the images of ``data`` (labels not needed), gated by
-    ``min_cosine``, and gives a FeatureReport. Returns the report; the caller decides what a
-    failure means (the CLI exits 1).
+    ``min_cosine``, and gives a FeatureReport. ``protocol``: an :class:`edgeres.protocols.Protocol`
+    (10-crop, multi-scale; classifiers only; default 1-crop). Returns the report; the caller
+    decides what a failure means (the CLI exits 1).
     """
     from edgeres.backends import get_backend
 
@@ -373,6 +346,9 @@ def validate_bundle(bundle: str | os.PathLike | Bundle, data: str, *, max_drop: 
     if not task.is_features and min_cosine is not None:
         raise UsageError(f"{b.root} is a classifier: --min-cosine gates a feature extractor's outputs; "
                          "gate a classifier with --max-drop")
+    if task.is_features and protocol is not None and not protocol.plain:
+        raise UsageError(f"{b.root} is a feature extractor: --crops/--scales average a classifier's softmax; "
+                         "validate it with the default single crop")
     backend = get_backend(b.backend, require=False)
     art = b.artifact()
     if art is not None:
@@ -382,7 +358,7 @@ def validate_bundle(bundle: str | os.PathLike | Bundle, data: str, *, max_drop: 
     ctx = {"model": b.manifest["model"]["name"], "target": b.target_name, "precision": b.precision,
            "bundle": str(b.root), "data": str(data)}
     return _validate(b.file("fp32"), b.deploy_onnx, art, backend, ds, threshold, ctx, task=task,
-                     min_cosine=min_cosine)
+                     min_cosine=min_cosine, protocol=protocol)
 
 
 def get_target_from_manifest(b: Bundle) -> Target:

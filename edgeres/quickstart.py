@@ -29,7 +29,6 @@ def run_quickstart(
     epochs: int | None = None,
     target: str = "x86-64-host",
     precision: str = "int8",
-    method: str = "entropy",
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> QuickstartResult:
@@ -50,7 +49,7 @@ def run_quickstart(
     log(f"[2/3] compiling {precision.upper()} for {target} -> {bundle}")
     res = compile_bundle(
         str(ckpt), target, bundle, precision=precision, calib=QUICKSTART_DATA, val=QUICKSTART_DATA,
-        method=method, log=lambda s: log(f"      {s}"),
+        log=lambda s: log(f"      {s}"),
     )
     timings.update({f"compile.{k}": v for k, v in res.timings.items()})
     timings["compile"] = time.perf_counter() - t

@@ -34,8 +34,9 @@ def validation_record(report: Any, data: str | None) -> dict[str, Any] | None:
 
 def regression_message(report: Any, out: Path) -> str:
     """The one-line AccuracyRegression message for a failed report of the bundle ``out``."""
-    hint = "try --method percentile/mse, more --num-calib images, or --precision fp32"
+    hint = "try another --method, more --num-calib images, or --precision fp32"
     if isinstance(report, AccuracyReport):
+        hint = f"find the layer with `edgeres debug {out} --data DIR`, {hint}"
         return (f"top-1 dropped {report.drop_top1:.2f} points (limit {report.max_drop}); bundle written to {out} "
                 f"with the failing report — {hint}")
     w = report.worst

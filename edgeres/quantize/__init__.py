@@ -2,98 +2,91 @@
 
 ::
 
-    from edgeres.quantize import quantize
-    res = quantize(Path("m.onnx"), Path("m.int8.onnx"), lambda: batches,
-                   data_fingerprint=ds.fingerprint, method="entropy", form="tensorrt",
-                   cache_path=Path("m.calib.json"))
+    from edgeres.quantize import QuantOptions, quantize
+    res = quantize(Path("m.onnx"), Path("m.int8.onnx"), lambda: batches, data_fingerprint=ds.fingerprint(),
+                   options=QuantOptions(form="tensorrt"), cache_path=Path("m.calib.json"))
 
-Modules: :mod:`~edgeres.quantize.calibration` (range methods),
-:mod:`~edgeres.quantize.collect` (running the FP32 model on calibration batches),
-:mod:`~edgeres.quantize.qdq` (Q/DQ placement and insertion),
-:mod:`~edgeres.quantize.cache` (the reusable calibration cache).
+Modules: :mod:`~edgeres.quantize.options` (the one options record and its defaults),
+:mod:`~edgeres.quantize.calibration` (range methods), :mod:`~edgeres.quantize.collect`
+(running the FP32 model on calibration batches), :mod:`~edgeres.quantize.calibrated`
+(calibrate once, build any variant), :mod:`~edgeres.quantize.auto` (``--method auto`` and
+bias correction's choice), :mod:`~edgeres.quantize.probes` (per-layer probes: local error,
+bias shift), :mod:`~edgeres.quantize.equalize` (cross-layer equalization),
+:mod:`~edgeres.quantize.qdq` (Q/DQ placement and insertion), :mod:`~edgeres.quantize.cache`
+(the reusable calibration cache).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, AbstractSet, Callable, Iterable
+from typing import TYPE_CHECKING, AbstractSet, Any, Callable, Iterable
 
 import numpy as np
 
-from edgeres.errors import InputError, UsageError
-from edgeres.fileio import atomic_path, sha256_file
-from edgeres.quantize.cache import CalibCache, load_cache, ranges_key, save_cache
-from edgeres.quantize.calibration import DEFAULT_NUM_BINS, DEFAULT_PERCENTILE, METHODS, compute_range
-from edgeres.quantize.collect import collect_stats, tensor_errors
-from edgeres.quantize.qdq import FORMS, calibration_tensors, check_form, insert_qdq, plan_quantization, prepare_model
+from edgeres.errors import UsageError
+from edgeres.fileio import atomic_path
+from edgeres.quantize.calibration import METHODS
+from edgeres.quantize.collect import tensor_errors
+from edgeres.quantize.options import METHOD_CHOICES, QuantOptions
+from edgeres.quantize.qdq import FORMS
 
 if TYPE_CHECKING:  # pragma: no cover
-    import onnx
+    from edgeres.quantize.calibrated import Calibrated
 
 QUANT_METADATA_KEY = "edgeres.quantization"
 
 __all__ = [
     "FORMS",
     "METHODS",
+    "METHOD_CHOICES",
     "QUANT_METADATA_KEY",
+    "QuantOptions",
     "QuantizeResult",
     "load_onnx",
     "read_quantization_metadata",
     "quantize",
     "tensor_errors",
+    "write_qdq",
 ]
 
 
 @dataclass(frozen=True)
 class QuantizeResult:
-    """What :func:`quantize` wrote and how."""
+    """What :func:`quantize` wrote and how. ``method`` is the range method used (``auto``'s pick)."""
 
     path: Path
     cache_path: Path | None
     method: str
-    form: str
-    per_channel: bool
+    options: QuantOptions
     num_calib: int
     num_quantized_nodes: int
     excluded: tuple[str, ...]
     calib_seconds: float
     cache_hit: bool
-    reduce_range: bool = False  # 7-bit weights (levels -63..63)
+    bias_correction: bool = False
+    num_holdout: int = 0  # of num_calib: held out of the ranges, to score candidates on
+    auto: dict[str, Any] = field(default_factory=dict)  # auto's scores and why (empty for a fixed method)
+
+    @property
+    def form(self) -> str:
+        return self.options.form
+
+    @property
+    def per_channel(self) -> bool:
+        return self.options.per_channel
+
+    @property
+    def reduce_range(self) -> bool:
+        return self.options.reduce_range
 
 
 def load_onnx(path: Path):
     """Load and check an ONNX file; a missing or corrupt file raises :class:`InputError`."""
-    return _load(Path(path))[0]
-
-
-def _load(path: Path) -> tuple["onnx.ModelProto", list[Path]]:
-    """The checked model (external data loaded) and the external data files it uses."""
     from edgeres.onnx_io import load_with_data_files
 
-    return load_with_data_files(path, check=True)
-
-
-def _digest(path: Path, external: list[Path]) -> str:
-    """sha256 of the model file; with external data, of the file's and the data files' hashes."""
-    digest = sha256_file(path)
-    if not external:
-        return digest
-    parts = [digest] + [f"{p.name}:{sha256_file(p)}" for p in external]
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
-
-
-def _check_options(method: str, form: str, percentile: float, num_bins: int) -> None:
-    if method not in METHODS:
-        raise UsageError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")
-    check_form(form)
-    if not 0.0 < percentile <= 100.0:
-        raise UsageError(f"percentile must be in (0, 100], got {percentile}")
-    if num_bins < 128:
-        raise UsageError(f"num_bins must be at least 128 (2048 recommended), got {num_bins}")
+    return load_with_data_files(Path(path), check=True)[0]
 
 
 def quantize(
@@ -102,96 +95,49 @@ def quantize(
     calib_batches: Callable[[], Iterable[np.ndarray]] | None,
     *,
     data_fingerprint: str | None,
-    method: str = "entropy",
-    form: str = "cpu",
-    per_channel: bool = True,
-    percentile: float = DEFAULT_PERCENTILE,
-    num_bins: int = DEFAULT_NUM_BINS,
+    options: QuantOptions | None = None,
     cache_path: Path | None = None,
     exclude: AbstractSet[str] = frozenset(),
-    reduce_range: bool = False,
 ) -> QuantizeResult:
     """Calibrate ``fp32_onnx`` and write its explicit Q/DQ INT8 form to ``out``.
 
     ``calib_batches()`` yields NCHW float32 batches (the caller limits their number);
     it may be None only when ``cache_path`` holds a valid cache for this model and
-    data. ``exclude`` names nodes kept in FP32. See :mod:`edgeres.quantize.qdq` for
-    the ``tensorrt`` and ``cpu`` forms. ``reduce_range`` (as ONNX Runtime's): 7-bit
-    weights, levels -63..63 stored as int8, for x86 integer kernels without VNNI.
+    data. ``exclude`` names nodes kept in FP32. ``options`` (default :class:`QuantOptions`)
+    holds the method, Q/DQ form (see :mod:`edgeres.quantize.qdq`), weight width, bias
+    correction and equalization.
     """
-    import onnx
+    from edgeres.quantize.calibrated import calibrate
 
-    _check_options(method, form, percentile, num_bins)
+    options = options or QuantOptions()
     fp32_onnx, out = Path(fp32_onnx), Path(out)
     if out.resolve() == fp32_onnx.resolve():
         raise UsageError(f"the INT8 output {out} would overwrite the FP32 model; choose another output path")
-    raw, external = _load(fp32_onnx)
-    model = prepare_model(raw)
-    plan = plan_quantization(model, form, exclude)  # validates the exclude names
-    model_sha = _digest(fp32_onnx, external)
+    cal = calibrate(fp32_onnx, calib_batches, options=options, data_fingerprint=data_fingerprint,
+                    cache_path=cache_path, exclude=exclude)
+    return write_qdq(cal, out, exclude)
 
-    t0 = time.perf_counter()
-    cache = None
-    if cache_path is not None:
-        cache = load_cache(cache_path, model_sha256=model_sha, data_fingerprint=data_fingerprint, num_bins=num_bins)
-    cache_hit = cache is not None
-    wanted = calibration_tensors(model)
-    if cache is not None and any(t not in cache.stats for t in wanted):
-        raise InputError(
-            f"calibration cache {cache_path} lacks tensors of this model (made by another edgeres version?); "
-            "delete it or pass --calib-cache to a new file"
-        )
-    if cache is None:
-        if calib_batches is None:
-            raise UsageError(
-                "no calibration data and no valid calibration cache; "
-                "pass calibration images (or an existing --calib-cache)"
-            )
-        stats, num_calib = collect_stats(model, wanted, calib_batches, num_bins=num_bins)
-        cache = CalibCache(model_sha, data_fingerprint or "", num_bins, num_calib, stats)
-    key = ranges_key(method, form, percentile)
-    if key not in cache.ranges:
-        sym = form == "tensorrt"
-        cache.ranges[key] = {
-            t: compute_range(s, method, symmetric=sym, percentile=percentile) for t, s in cache.stats.items()
-        }
-        if cache_path is not None:
-            save_cache(cache_path, cache)
-    ranges = cache.ranges[key]
-    calib_seconds = time.perf_counter() - t0
 
-    qmodel = insert_qdq(model, plan, ranges, per_channel=per_channel, reduce_range=reduce_range)
-    excluded = tuple(sorted(exclude))
-    _set_metadata(qmodel, {
-        "method": method,
-        "form": form,
-        "per_channel": per_channel,
-        "reduce_range": reduce_range,
-        "num_calib": cache.num_calib,
-        "fallback_layers": list(excluded),
-        "percentile": percentile if method == "percentile" else None,
-        "num_bins": num_bins,
-        "source_sha256": model_sha,
-        "data_fingerprint": data_fingerprint,
-    })
+def write_qdq(cal: "Calibrated", out: Path, exclude: Iterable[str] = (), extra: dict[str, Any] | None = None
+              ) -> QuantizeResult:
+    """Write ``cal.build(exclude)`` to ``out`` (atomically) with its ``edgeres.quantization`` record
+    (plus ``extra`` fields)."""
+    import onnx
+
+    excluded = tuple(sorted(set(exclude)))
+    qmodel = cal.build(excluded)
+    _set_metadata(qmodel, {**cal.record(excluded), **(extra or {})})
     try:
         onnx.checker.check_model(qmodel)
     except onnx.checker.ValidationError as e:  # a bug in the insertion, not a user error
         raise RuntimeError(f"Q/DQ model failed the ONNX checker: {e}") from e
-    with atomic_path(out) as tmp:
+    with atomic_path(Path(out)) as tmp:
         onnx.save(qmodel, str(tmp))
     return QuantizeResult(
-        path=out,
-        cache_path=Path(cache_path) if cache_path else None,
-        method=method,
-        form=form,
-        per_channel=per_channel,
-        num_calib=cache.num_calib,
-        num_quantized_nodes=len(plan.nodes),
-        excluded=excluded,
-        calib_seconds=calib_seconds,
-        cache_hit=cache_hit,
-        reduce_range=reduce_range,
+        path=Path(out), cache_path=cal.cache_path, method=cal.method, options=cal.options, num_calib=cal.num_calib,
+        num_quantized_nodes=len(cal.plan(excluded).nodes), excluded=excluded, calib_seconds=cal.calib_seconds,
+        cache_hit=cal.cache_hit, bias_correction=bool(cal.bias), num_holdout=cal.num_holdout,
+        auto={k: v for k, v in cal.choice.items() if k != "bias"},
     )
 
 

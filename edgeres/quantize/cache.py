@@ -1,9 +1,12 @@
 """Calibration cache: per-tensor statistics (and ranges derived from them) as JSON.
 
 A cache belongs to one FP32 model file (its sha256), one calibration data set (the
-caller's fingerprint) and one histogram resolution (``num_bins``). Inside, ``ranges``
-holds the ranges already computed per method/form/settings; any other method can
-be computed from the stored histograms without running a single image.
+caller's fingerprint), one histogram resolution (``num_bins``) and one graph (``graph``:
+BatchNormalization folded, and cross-layer equalized or not). Inside, ``ranges`` holds
+the ranges already computed per method/form/settings (any other method can be computed
+from the stored histograms without running a single image), and ``choices`` what
+``--method auto`` and bias correction decided per setting, with the scores that decided it
+(the ``why``) and the bias corrections: a cache hit needs no images for them either.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from edgeres.errors import InputError
 from edgeres.fileio import write_json
 from edgeres.quantize.calibration import TensorStats
 
-CACHE_FORMAT = "edgeres.calib-cache/1"
+CACHE_FORMAT = "edgeres.calib-cache/2"
 
 Range = tuple[float, float]
 
@@ -31,6 +34,9 @@ class CalibCache:
     num_calib: int
     stats: dict[str, TensorStats]
     ranges: dict[str, dict[str, Range]] = field(default_factory=dict)
+    num_holdout: int = 0  # of num_calib: images held out of the statistics to score candidates
+    graph: str = "bn-folded"
+    choices: dict[str, dict] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
@@ -39,6 +45,9 @@ class CalibCache:
             "data_fingerprint": self.data_fingerprint,
             "num_bins": self.num_bins,
             "num_calib": self.num_calib,
+            "num_holdout": self.num_holdout,
+            "graph": self.graph,
+            "choices": self.choices,
             "ranges": {k: {t: list(r) for t, r in v.items()} for k, v in self.ranges.items()},
             "tensors": {name: s.to_dict() for name, s in self.stats.items()},
         }
@@ -54,7 +63,8 @@ def _fix() -> str:
     return "delete it or pass --calib-cache to a new file"
 
 
-def load_cache(path: Path, *, model_sha256: str, data_fingerprint: str | None, num_bins: int) -> CalibCache | None:
+def load_cache(path: Path, *, model_sha256: str, data_fingerprint: str | None, num_bins: int,
+               graph: str = "bn-folded") -> CalibCache | None:
     """The cache at ``path`` (None if there is no file).
 
     ``data_fingerprint=None`` means no calibration data was given: the cache's data is accepted.
@@ -75,6 +85,9 @@ def load_cache(path: Path, *, model_sha256: str, data_fingerprint: str | None, n
             num_bins=int(d["num_bins"]),
             num_calib=int(d["num_calib"]),
             stats={str(n): TensorStats.from_dict(s) for n, s in d["tensors"].items()},
+            num_holdout=int(d.get("num_holdout", 0)),
+            graph=str(d.get("graph", "bn-folded")),
+            choices={str(k): dict(v) for k, v in d.get("choices", {}).items()},
             ranges={
                 str(k): {str(t): (float(r[0]), float(r[1])) for t, r in v.items()}
                 for k, v in d.get("ranges", {}).items()
@@ -91,6 +104,9 @@ def load_cache(path: Path, *, model_sha256: str, data_fingerprint: str | None, n
         raise InputError(f"calibration cache {path} was made for another model/data ({'; '.join(why)}); {_fix()}")
     if cache.num_bins != num_bins:
         raise InputError(f"calibration cache {path} was made with num_bins={cache.num_bins}, not {num_bins}; {_fix()}")
+    if cache.graph != graph:
+        raise InputError(f"calibration cache {path} was measured on the {cache.graph} graph, not {graph} "
+                         f"(--equalize changes the activations); {_fix()}")
     return cache
 
 

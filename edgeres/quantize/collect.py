@@ -9,6 +9,7 @@ accumulators: nothing is kept between chunks.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -19,6 +20,9 @@ from edgeres.quantize.calibration import DEFAULT_NUM_BINS, TensorStats
 MIN_CALIB_IMAGES = 300
 RECOMMENDED_CALIB_IMAGES = 500
 DEFAULT_MAX_CHUNK = 8
+HOLDOUT_EVERY = 4  # every 4th calibration image scores candidates instead of setting ranges
+MAX_HOLDOUT = 128
+BIAS_IMAGES = 64  # range images on which bias correction is measured
 
 Batches = Callable[[], Iterable[np.ndarray]]
 
@@ -100,6 +104,59 @@ def iter_tensors(
             yield index, chunk, values
 
 
+@dataclass
+class Sample:
+    """The images calibration set aside: ``holdout`` (every :data:`HOLDOUT_EVERY`-th image, at most
+    :data:`MAX_HOLDOUT`; never used for ranges) scores candidate Q/DQ models, ``bias`` (the first
+    :data:`BIAS_IMAGES` range images) measures bias correction."""
+
+    holdout: np.ndarray | None = None
+    bias: np.ndarray | None = None
+
+    @property
+    def num_holdout(self) -> int:
+        return 0 if self.holdout is None else int(self.holdout.shape[0])
+
+
+def split_holdout(batches: Iterable[np.ndarray], sample: Sample) -> Iterator[np.ndarray]:
+    """Yield the range images of ``batches``; keep the held-out and bias images in ``sample``.
+
+    Image ``i`` (counted over all batches) is held out when ``i % HOLDOUT_EVERY == HOLDOUT_EVERY - 1``
+    until :data:`MAX_HOLDOUT` are held out: deterministic, so a second pass picks the same images.
+    """
+    held: list[np.ndarray] = []
+    bias: list[np.ndarray] = []
+    seen = num_held = num_bias = 0
+    for batch in batches:
+        if not isinstance(batch, np.ndarray) or batch.ndim != 4:
+            yield batch  # iter_tensors reports it
+            continue
+        idx = np.arange(seen, seen + batch.shape[0])
+        seen += batch.shape[0]
+        mask = (idx % HOLDOUT_EVERY == HOLDOUT_EVERY - 1) & (num_held + np.cumsum(
+            idx % HOLDOUT_EVERY == HOLDOUT_EVERY - 1) <= MAX_HOLDOUT)
+        if mask.any():
+            held.append(np.asarray(batch[mask], dtype=np.float32))
+            num_held += int(mask.sum())
+        rest = batch[~mask]
+        if num_bias < BIAS_IMAGES and rest.shape[0]:
+            take = rest[: BIAS_IMAGES - num_bias]
+            bias.append(np.asarray(take, dtype=np.float32))
+            num_bias += take.shape[0]
+        if rest.shape[0]:
+            yield rest
+    sample.holdout = np.concatenate(held) if held else None
+    sample.bias = np.concatenate(bias) if bias else None
+
+
+def collect_sample(calib_batches: Batches) -> Sample:
+    """Only the held-out and bias images of the calibration batches (no model run)."""
+    sample = Sample()
+    for _ in split_holdout(calib_batches(), sample):
+        pass
+    return sample
+
+
 def collect_stats(
     model,
     names: Sequence[str],
@@ -107,15 +164,18 @@ def collect_stats(
     *,
     num_bins: int = DEFAULT_NUM_BINS,
     max_chunk: int = DEFAULT_MAX_CHUNK,
+    sample: Sample | None = None,
 ) -> tuple[dict[str, TensorStats], int]:
     """Statistics of every tensor in ``names`` over the calibration batches, and the image count.
 
-    Zero images raise :class:`InputError`; fewer than :data:`MIN_CALIB_IMAGES` warn.
+    With ``sample``, the held-out images are set aside there (see :func:`split_holdout`) and not
+    measured. Zero images raise :class:`InputError`; fewer than :data:`MIN_CALIB_IMAGES` warn.
     NaN/Inf in an input or activation raise :class:`InputError` naming the tensor.
     """
     stats = {n: TensorStats(num_bins=num_bins) for n in names}
     num_images = 0
-    for index, chunk, values in iter_tensors(model, names, calib_batches(), max_chunk=max_chunk):
+    batches = calib_batches() if sample is None else split_holdout(calib_batches(), sample)
+    for index, chunk, values in iter_tensors(model, names, batches, max_chunk=max_chunk):
         num_images += chunk.shape[0]
         for name, value in values.items():
             try:
@@ -125,14 +185,15 @@ def collect_stats(
                     f"tensor {name!r} became NaN/Inf on calibration batch {index}; "
                     "the FP32 model overflows on this data: check the images' preprocessing and the model"
                 ) from e
+    total = num_images + (sample.num_holdout if sample is not None else 0)
     if num_images == 0:
         raise InputError(
             "no calibration images were given; "
             f"pass a calibration set (>= {RECOMMENDED_CALIB_IMAGES} images recommended)"
         )
-    if num_images < MIN_CALIB_IMAGES:
+    if total < MIN_CALIB_IMAGES:
         msg = (
-            f"only {num_images} calibration images; ranges may be unreliable "
+            f"only {total} calibration images; ranges may be unreliable "
             f"(≥ {RECOMMENDED_CALIB_IMAGES} recommended for CNNs)"
         )
         warnings.warn(msg, UserWarning, stacklevel=2)

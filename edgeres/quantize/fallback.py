@@ -27,13 +27,11 @@ FP16 allowed; strongly typed TensorRT 11 runs them in FP32 (the ONNX's own type)
 
 from __future__ import annotations
 
-import json
 import math
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +39,12 @@ import numpy as np
 
 from edgeres.errors import AccuracyRegression, UsageError
 from edgeres.evaluate import AccuracyReport
-from edgeres.fileio import atomic_path
-from edgeres.quantize import QUANT_METADATA_KEY, QuantizeResult, quantize, read_quantization_metadata
-from edgeres.quantize.calibration import DEFAULT_NUM_BINS, DEFAULT_PERCENTILE
-from edgeres.quantize.sensitivity import DEFAULT_PROBE_IMAGES, Evaluator, LabelledBatches, calibrate, local_errors
-from edgeres.quantize.sensitivity import measure
+from edgeres.quantize import QuantizeResult, write_qdq
+from edgeres.quantize.calibrated import calibrate
+from edgeres.quantize.evaluator import Evaluator, LabelledBatches
+from edgeres.quantize.options import QuantOptions
+from edgeres.quantize.probes import local_errors
+from edgeres.quantize.sensitivity import DEFAULT_PROBE_IMAGES, measure
 
 __all__ = ["FALLBACK_PRECISIONS", "RANKINGS", "FallbackResult", "quantize_with_fallback"]
 
@@ -114,82 +113,93 @@ def quantize_with_fallback(
     val_batches_fn: LabelledBatches,
     *,
     max_drop: float,
-    data_fingerprint: str,
-    method: str = "entropy",
-    form: str = "cpu",
-    per_channel: bool = True,
-    percentile: float = DEFAULT_PERCENTILE,
-    num_bins: int = DEFAULT_NUM_BINS,
+    data_fingerprint: str | None,
+    options: QuantOptions | None = None,
     cache_path: Path | None = None,
-    reduce_range: bool = False,
     step: int = 1,
     max_rounds: int | None = None,
     fallback_precision: str = "fp32",
     rank: str = "proxy",
     max_val_images: int | None = None,
+    reference_onnx: Path | None = None,
+    exclude: Iterable[str] = (),
+    record: dict[str, Any] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> FallbackResult:
     """Quantize ``fp32_onnx`` to ``out`` with a top-1 drop of at most ``max_drop`` points on the val images.
 
     ``val_batches_fn()`` yields labelled ``(x, y)`` batches (``max_val_images`` caps
-    them). Raises :class:`~edgeres.errors.AccuracyRegression` (exit code 1) and writes
-    nothing when the bound cannot be met: with every quantized node float, or after
-    ``max_rounds`` rounds; the exception's ``result`` attribute holds the
-    :class:`FallbackResult`. Other arguments as for :func:`edgeres.quantize.quantize`.
+    them). Drops are measured against ``reference_onnx`` (default ``fp32_onnx``; the QAT
+    fallback quantizes a fine-tuned model but measures against the original). Raises
+    :class:`~edgeres.errors.AccuracyRegression` (exit code 1) and writes nothing when the
+    bound cannot be met: with every quantized node float, or after ``max_rounds`` rounds;
+    the exception's ``result`` attribute holds the :class:`FallbackResult`. ``options`` and
+    ``exclude`` (layers float from the start) as for :func:`edgeres.quantize.quantize`; ``record``:
+    extra fields for the output's ``edgeres.quantization`` metadata.
     """
     _check_options(max_drop, step, max_rounds, fallback_precision, rank)
+    options = options or QuantOptions()
     fp32_onnx, out = Path(fp32_onnx), Path(out)
     if out.resolve() == fp32_onnx.resolve():
         raise UsageError(f"the INT8 output {out} would overwrite the FP32 model; choose another output path")
     say = log or (lambda s: None)
     t0 = time.perf_counter()
-    common = {"data_fingerprint": data_fingerprint, "method": method, "form": form, "per_channel": per_channel,
-              "percentile": percentile, "num_bins": num_bins, "reduce_range": reduce_range}
-    with tempfile.TemporaryDirectory(prefix="edgeres-fallback-") as work:
-        cal = calibrate(fp32_onnx, calib_batches, Path(work), cache_path=cache_path, **common)
-        ev = Evaluator(fp32_onnx, val_batches_fn, max_images=max_val_images)
+    cal = calibrate(fp32_onnx, calib_batches, options=options, data_fingerprint=data_fingerprint,
+                    cache_path=cache_path, exclude=exclude)
+    if cal.choice.get("why"):
+        say(f"calibration: {cal.choice['why']}")
+    ev = Evaluator(Path(reference_onnx or fp32_onnx), val_batches_fn, max_images=max_val_images)
 
-        def evaluate(excluded: list[str], round_: int) -> AccuracyReport:
-            t = time.perf_counter()
-            s = ev.score(cal.build(excluded))
-            return ev.report(s, max_drop=max_drop, seconds=time.perf_counter() - t,
-                             context={"round": round_, "fallback_layers": list(excluded)})
-
-        excluded: list[str] = []
-        reports = [evaluate(excluded, 0)]
-        say(f"plain INT8: top-1 drop {reports[0].drop_top1:.2f} points (limit {max_drop})")
-        candidates = cal.nodes()
-        ranking: list[tuple[str, float]] = []
-        if not reports[0].passed and max_rounds != 0:
-            ranking = _rank(cal, ev, candidates, rank)
-            say("most harmful: " + ", ".join(f"{n} ({v:.3g})" for n, v in ranking[:5]))
-        queue = [n for n, _ in ranking]
-        while not reports[-1].passed and queue and (max_rounds is None or len(reports) - 1 < max_rounds):
-            excluded += queue[:step]
-            del queue[:step]
-            reports.append(evaluate(excluded, len(reports)))
-            say(f"round {len(reports) - 1}: {len(excluded)} layer(s) float, "
-                f"top-1 drop {reports[-1].drop_top1:.2f} points")
-        final = reports[-1]
-        result = FallbackResult(
-            path=None, drop_top1=final.drop_top1, baseline_drop_top1=reports[0].drop_top1,
-            fallback_layers=tuple(excluded), rounds=len(reports) - 1, reports=reports, passed=final.passed,
-            max_drop=max_drop, fallback_precision=fallback_precision, rank=rank, ranking=ranking,
-            num_candidates=len(candidates), all_fell_back=bool(candidates) and len(excluded) == len(candidates),
-        )
-        if not final.passed:
-            result.seconds = time.perf_counter() - t0
-            raise _regression(result)
-        if result.all_fell_back:
-            warnings.warn(f"every one of the {len(candidates)} quantized layers had to stay float to keep the top-1 "
-                          f"drop within {max_drop} points: the model is effectively {fallback_precision}; check the "
-                          "calibration data or try another --method", UserWarning, stacklevel=2)
-        tmp_out = Path(work) / "final.int8.onnx"
-        q = quantize(fp32_onnx, tmp_out, None, cache_path=cal.cache_path, exclude=frozenset(excluded), **common)
-        _record(tmp_out, out, result)  # out appears only now, complete with its fallback record
-    result.path, result.quantize_result = out, replace(q, path=out)
+    result = _fall_back(cal, ev, list(dict.fromkeys(exclude)), max_drop=max_drop, step=step, max_rounds=max_rounds,
+                        rank=rank, fallback_precision=fallback_precision, say=say)
+    final, excluded, candidates = result.reports[-1], list(result.fallback_layers), result.num_candidates
+    if not final.passed:
+        result.seconds = time.perf_counter() - t0
+        raise _regression(result)
+    if result.all_fell_back:
+        warnings.warn(f"every one of the {candidates} quantized layers had to stay float to keep the top-1 "
+                      f"drop within {max_drop} points: the model is effectively {fallback_precision}; check the "
+                      "calibration data or try another --method", UserWarning, stacklevel=2)
+    # The fallback layers keep their order in the record (write_qdq sorts its own list).
+    q = write_qdq(cal, out, excluded,
+                  extra={**(record or {}), "fallback_layers": list(excluded), "fallback": result.metadata()})
+    result.path, result.quantize_result = out, q
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _fall_back(cal, ev: Evaluator, excluded: list[str], *, max_drop: float, step: int, max_rounds: int | None,
+               rank: str, fallback_precision: str, say: Callable[[str], None]) -> FallbackResult:
+    """Evaluate plain INT8, then keep the ``step`` most harmful remaining layers float per round until the
+    bound holds (or ``max_rounds`` / the candidates run out); the result without path."""
+    def evaluate(round_: int) -> AccuracyReport:
+        t = time.perf_counter()
+        s = ev.score(cal.build(excluded))
+        return ev.report(s, max_drop=max_drop, seconds=time.perf_counter() - t,
+                         context={"round": round_, "fallback_layers": list(excluded)})
+
+    reports = [evaluate(0)]
+    say(f"plain INT8 ({cal.method}{' + bias correction' if cal.bias else ''}): top-1 drop "
+        f"{reports[0].drop_top1:.2f} points (limit {max_drop})")
+    candidates = [n for n in cal.nodes() if n not in excluded]
+    ranking: list[tuple[str, float]] = []
+    if not reports[0].passed and max_rounds != 0:
+        ranking = _rank(cal, ev, candidates, rank)
+        say("most harmful: " + ", ".join(f"{n} ({v:.3g})" for n, v in ranking[:5]))
+    queue = [n for n, _ in ranking]
+    while not reports[-1].passed and queue and (max_rounds is None or len(reports) - 1 < max_rounds):
+        excluded += queue[:step]
+        del queue[:step]
+        reports.append(evaluate(len(reports)))
+        say(f"round {len(reports) - 1}: {len(excluded)} layer(s) float, "
+            f"top-1 drop {reports[-1].drop_top1:.2f} points")
+    final = reports[-1]
+    return FallbackResult(
+        path=None, drop_top1=final.drop_top1, baseline_drop_top1=reports[0].drop_top1,
+        fallback_layers=tuple(excluded), rounds=len(reports) - 1, reports=reports, passed=final.passed,
+        max_drop=max_drop, fallback_precision=fallback_precision, rank=rank, ranking=ranking,
+        num_candidates=len(candidates), all_fell_back=bool(candidates) and set(candidates) <= set(excluded),
+    )
 
 
 def _rank(cal, ev: Evaluator, candidates: list[str], rank: str) -> list[tuple[str, float]]:
@@ -218,18 +228,3 @@ def _regression(result: FallbackResult) -> AccuracyRegression:
     err = AccuracyRegression(msg)
     err.result = result  # type: ignore[attr-defined]
     return err
-
-
-def _record(src: Path, dest: Path, result: FallbackResult) -> None:
-    """Write ``src`` to ``dest`` (atomically) with the fallback layers (in order) and drops in its metadata."""
-    import onnx
-
-    model = onnx.load(str(src))
-    record = read_quantization_metadata(model) or {}
-    record["fallback_layers"] = list(result.fallback_layers)
-    record["fallback"] = result.metadata()
-    for prop in model.metadata_props:
-        if prop.key == QUANT_METADATA_KEY:
-            prop.value = json.dumps(record)
-    with atomic_path(dest) as tmp:
-        onnx.save(model, str(tmp))

@@ -423,7 +423,7 @@ def _gpu_bundle(tmp_path, precision):
                     '\ntensorrt = { min = "8.5", max = "99" }\nbatch = { min = 1, opt = 4, max = 8 }\n')
     model = build_resnet_onnx(tmp_path / "tiny.onnx")
     out = tmp_path / f"bundle-{precision}"
-    compile_bundle(str(model), str(toml), out, precision=precision, calib="builtin", num_calib=64)
+    compile_bundle(str(model), str(toml), out, precision=precision, calib="builtin", quant={"num_calib": 64})
     return out
 
 

@@ -257,7 +257,7 @@ def rpi5_bundle(tmp_path_factory):
     root = tmp_path_factory.mktemp("rpi5")
     out = root / "bundle"
     compile_bundle(str(tiny.build_resnet_onnx(root / "tiny.onnx")), "rpi5", out, precision="int8", calib="builtin",
-                   num_calib=32)
+                   quant={"num_calib": 32})
     return out
 
 

@@ -19,7 +19,7 @@ def test_tvm_int8_feature_bundle_returns_every_output(tmp_path):
 
     out = tmp_path / "r20-features-tvm"
     res = compile_bundle("resnet20", "x86-64-host", out, weights="random", precision="int8", calib="builtin",
-                         num_calib=64, val="builtin", val_limit=32, task="features")
+                         quant={"num_calib": 64}, val="builtin", val_limit=32, task="features")
     info = json.loads((out / "artifact" / "model.tvm.json").read_text())["info"]
     assert info["output_shapes"] == [[1, 16, 32, 32], [1, 32, 16, 16], [1, 64, 8, 8]]
     assert info["conv_kernels"]["packed_int8"] > 0  # integer kernels, although stage outputs are graph outputs

@@ -221,12 +221,12 @@ def test_resnet20_runs_every_convolution_as_integer(r20_untrained_onnx, make_ima
     """A whole Q/DQ ResNet-20 from edgeres' quantizer (7-bit weights, as the x86 targets quantize):
     every convolution integer, logits close to ONNX Runtime's on the same Q/DQ model."""
     from edgeres.backends import onnxruntime as ortb
-    from edgeres.quantize import quantize
+    from edgeres.quantize import QuantOptions, quantize
 
     x = make_images(8, 32)
     q = tmp_path / "r20.int8.onnx"
-    quantize(r20_untrained_onnx, q, lambda: iter([x]), data_fingerprint="t", method="minmax", form="cpu",
-             reduce_range=True)
+    quantize(r20_untrained_onnx, q, lambda: iter([x]), data_fingerprint="t",
+             options=QuantOptions(method="minmax", reduce_range=True, bias_correction="off"))
     art = tb.compile(q, get_target("x86-64-host"), tmp_path / "int", precision="int8")
     assert art.info["conv_kernels"] == {"packed_int8": 19, "packed": 0, "tvm": 0}
     assert art.info["int8_kernels"] is True and art.info["int8_note"].startswith("19 of 19")

@@ -36,7 +36,7 @@ def ort_bundle(tiny_model, tmp_path_factory) -> Path:
     from edgeres.pipeline import compile_bundle
 
     out = tmp_path_factory.mktemp("device_ort") / "b"
-    compile_bundle(str(tiny_model), "onnxruntime-cpu", out, precision="int8", calib="builtin", num_calib=64)
+    compile_bundle(str(tiny_model), "onnxruntime-cpu", out, precision="int8", calib="builtin", quant={"num_calib": 64})
     return out
 
 
@@ -46,7 +46,7 @@ def trt_bundle(tiny_model, tmp_path_factory) -> Path:
     from edgeres.pipeline import compile_bundle
 
     out = tmp_path_factory.mktemp("device_trt") / "orin"
-    compile_bundle(str(tiny_model), "jetson-agx-orin", out, precision="int8", calib="builtin", num_calib=64,
+    compile_bundle(str(tiny_model), "jetson-agx-orin", out, precision="int8", calib="builtin", quant={"num_calib": 64},
                    val="builtin", val_limit=100, max_drop=100.0)
     return out
 

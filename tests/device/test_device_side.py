@@ -143,7 +143,7 @@ def test_selftest_passes_and_fails_with_numbers_on_a_tampered_artifact(ort_bundl
     res = run_selftest(ort_bundle)
     assert res.passed and res.check.max_abs_err <= res.check.atol and res.check.top1_agree == res.check.samples
     other = compile_bundle(str(build_resnet_onnx(tmp_path / "other.onnx", seed=1)), "onnxruntime-cpu",
-                           tmp_path / "other", precision="int8", calib="builtin", num_calib=64).bundle
+                           tmp_path / "other", precision="int8", calib="builtin", quant={"num_calib": 64}).bundle
     bad = tmp_path / "tampered"
     shutil.copytree(ort_bundle, bad)
     shutil.copyfile(other / "artifact" / "model.onnx", bad / "artifact" / "model.onnx")

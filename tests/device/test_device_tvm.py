@@ -26,7 +26,7 @@ def tvm_bundles(tmp_path_factory):
     for seed in (0, 1):
         model = build_resnet_onnx(root / f"tiny{seed}.onnx", seed=seed)
         out[seed] = compile_bundle(str(model), "x86-64-host", root / f"b{seed}", precision="int8", calib="builtin",
-                                   num_calib=64).bundle
+                                   quant={"num_calib": 64}).bundle
     return out
 
 

@@ -11,12 +11,12 @@ import onnx
 import pytest
 
 from edgeres.errors import AccuracyRegression, UsageError
-from edgeres.quantize import QUANT_METADATA_KEY, quantize, read_quantization_metadata
+from edgeres.quantize import QUANT_METADATA_KEY, QuantOptions, quantize, read_quantization_metadata
 from edgeres.quantize.fallback import quantize_with_fallback
 
 MAX_DROP = 0.5
 CONV2 = "/layer1/layer1.0/conv2/Conv"  # reads the 1000x outlier channel
-SETTINGS = {"method": "minmax", "form": "cpu", "per_channel": False}
+SETTINGS = {"options": QuantOptions(method="minmax", form="cpu", per_channel=False)}
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 """The whole pipeline on a real ResNet-20 trained briefly on the built-in data:
-export -> INT8 (entropy) -> TVM -> validate -> bundle -> runtime / CLI."""
+export -> INT8 (the default: --method auto, bias correction where it helps) -> TVM -> validate -> bundle
+-> runtime / CLI."""
 
 from __future__ import annotations
 
@@ -16,10 +17,13 @@ INT8_MAX_DROP = 3.0  # stated bound for the INT8 top-1 drop (points) on held-out
 @pytest.fixture(scope="module")
 def r20_bundle(trained_r20, tmp_path_factory):
     from edgeres.pipeline import compile_bundle
+    from edgeres.quantize import QuantOptions
+    from edgeres.targets import get_target
 
     out = tmp_path_factory.mktemp("bundles") / "r20-x86-int8"
-    res = compile_bundle(str(trained_r20), "x86-64", out, precision="int8", calib="builtin", val="builtin",
-                         num_calib=256, max_drop=INT8_MAX_DROP)
+    tgt = get_target("x86-64")
+    res = compile_bundle(str(trained_r20), tgt, out, precision="int8", calib="builtin", val="builtin",
+                         quant=QuantOptions.for_target(tgt, num_calib=256), max_drop=INT8_MAX_DROP)
     return out, res
 
 
@@ -37,7 +41,10 @@ def test_bundle_contents_and_manifest(r20_bundle):
     assert m["versions"]["onnxruntime"] and m["versions"]["apache-tvm"] and m["versions"]["torch"]
     assert m["preprocessing"]["input_size"] == [32, 32] and len(m["preprocessing"]["class_names"]) == 10
     assert m["model"]["name"] == "resnet20" and m["model"]["max_abs_diff"] < 1e-3
-    assert m["quantization"]["method"] == "entropy" and m["quantization"]["num_calib"] == 256
+    q = m["quantization"]
+    assert q["requested_method"] == "auto" and q["method"] in ("minmax", "entropy", "percentile", "mse")
+    assert q["num_calib"] == 256 and q["num_holdout"] == 64 and "held-out calibration images" in q["auto"]["why"]
+    assert set(q["auto"]["scores"]) >= {"minmax", "entropy", "percentile", "mse"}
     assert m["target"]["reduce_range"] is True and m["quantization"]["reduce_range"] is True  # x86: 7-bit weights
     assert {"export", "quantize", "compile", "validate"} <= set(m["timings"])
     assert (out / "labels.txt").read_text().split() == list(b.class_names)

@@ -59,7 +59,7 @@ def test_sample_never_replaces_a_folder_it_did_not_write(make_sample, tmp_path, 
 
 def test_calibration_readme_states_what_edgeres_applies():
     from edgeres.data.sources import BUILTIN_SIZES, SPLIT_DIRS
-    from edgeres.pipeline import DEFAULT_NUM_CALIB
+    from edgeres.quantize.options import DEFAULT_NUM_CALIB
     from edgeres.quantize.collect import MIN_CALIB_IMAGES, RECOMMENDED_CALIB_IMAGES
 
     text = (CALIB / "README.md").read_text()

@@ -58,7 +58,7 @@ def feature_bundle(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("feat") / "r20-features"
     res = compile_bundle("resnet20", "onnxruntime-cpu", out, weights="random", precision="int8", calib="builtin",
-                         num_calib=64, val="builtin", val_limit=64, task="features")
+                         quant={"num_calib": 64}, val="builtin", val_limit=64, task="features")
     return out, res
 
 

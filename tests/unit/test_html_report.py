@@ -79,7 +79,7 @@ def ort_bundle(tmp_path_factory):
     pre = loaded.preprocessing.with_classes(BUILTIN_CLASSES)
     ckpt = save_checkpoint(work / "r20.pt", loaded.model, loaded.name, pre)
     out = work / "r20-ort"
-    compile_bundle(str(ckpt), "onnxruntime-cpu", out, precision="int8", calib="builtin", num_calib=64,
+    compile_bundle(str(ckpt), "onnxruntime-cpu", out, precision="int8", calib="builtin", quant={"num_calib": 64},
                    val="builtin", val_limit=200, max_drop=100.0)
     return out
 

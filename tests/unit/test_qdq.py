@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +17,10 @@ from torch.nn import functional as F
 
 from edgeres.errors import InputError, UsageError
 from edgeres.preprocessing import Preprocessing, read_onnx_preprocessing, write_onnx_preprocessing
-from edgeres.quantize import QUANT_METADATA_KEY, quantize, read_quantization_metadata, tensor_errors
+from edgeres.quantize import QUANT_METADATA_KEY, QuantOptions, quantize, read_quantization_metadata, tensor_errors
 from edgeres.quantize.qdq import insert_qdq, plan_quantization, prepare_model, quantize_weight
+
+OPTION_FIELDS = {f.name for f in fields(QuantOptions)}
 
 NUM_CLASSES = 10
 SIZE = 16
@@ -114,8 +117,10 @@ def run(path_or_model, x: np.ndarray) -> np.ndarray:
 
 
 def q(fp32: Path, out: Path, **kw):
+    """quantize() with QuantOptions fields given as keywords."""
     kw.setdefault("data_fingerprint", "synthetic-320")
-    return quantize(fp32, out, calib, **kw)
+    opts = {k: kw.pop(k) for k in list(kw) if k in OPTION_FIELDS}
+    return quantize(fp32, out, calib, options=QuantOptions(**opts), **kw)
 
 
 def graph_maps(model):
@@ -331,7 +336,8 @@ def test_zero_and_few_images(fp32, tmp_path):
         quantize(fp32, tmp_path / "z.onnx", lambda: [], data_fingerprint="d")
     x, _ = synthetic(40, seed=4)
     with pytest.warns(UserWarning, match="only 40 calibration images.*≥ 500 recommended for CNNs"):
-        res = quantize(fp32, tmp_path / "few.onnx", lambda: [x[:20], x[20:]], data_fingerprint="d", method="minmax")
+        res = quantize(fp32, tmp_path / "few.onnx", lambda: [x[:20], x[20:]], data_fingerprint="d",
+                       options=QuantOptions(method="minmax"))
     assert res.num_calib == 40 and res.path.exists()
     with pytest.raises(InputError, match="expects"):
         quantize(fp32, tmp_path / "w.onnx", lambda: [np.zeros((2, 3, 8, 8), np.float32)], data_fingerprint="d")
@@ -431,28 +437,28 @@ def test_reduce_range_weights_are_7_bit_and_run_close_to_fp32(fp32, quantized, r
 
 
 def test_fallback_and_sensitivity_honour_reduce_range(fp32, tmp_path, monkeypatch):
-    from edgeres.quantize import sensitivity
+    from edgeres.quantize import probes, sensitivity
+    from edgeres.quantize.calibrated import calibrate
     from edgeres.quantize.fallback import quantize_with_fallback
 
     x, y = synthetic(128, seed=4)
+    opts = QuantOptions(method="minmax", reduce_range=True)
     fb = quantize_with_fallback(fp32, tmp_path / "fb.onnx", calib, lambda: iter([(x, y)]), max_drop=100.0,
-                                data_fingerprint="synthetic-320", method="minmax", reduce_range=True)
+                                data_fingerprint="synthetic-320", options=opts)
     m = onnx.load(str(fb.path))
     assert fb.passed and fb.quantize_result.reduce_range and read_quantization_metadata(m)["reduce_range"] is True
     assert max(int(np.abs(w).max()) for _, w, _ in weight_dqs(m).values()) == 63
 
-    cal = sensitivity.calibrate(fp32, calib, tmp_path, data_fingerprint="synthetic-320", method="minmax",
-                                form="cpu", per_channel=True, percentile=99.99, num_bins=2048,
-                                cache_path=tmp_path / "fb.calib.json", reduce_range=True)
-    assert cal.reduce_range and max(int(np.abs(w).max()) for _, w, _ in weight_dqs(cal.build()).values()) == 63
+    cal = calibrate(fp32, calib, options=opts, data_fingerprint="synthetic-320", cache_path=tmp_path / "fb.calib.json")
+    assert cal.options.reduce_range and max(int(np.abs(w).max()) for _, w, _ in weight_dqs(cal.build()).values()) == 63
     seen = []
 
     def spy(w, axis, per_channel, reduce_range=False):
         seen.append(reduce_range)
         return quantize_weight(w, axis, per_channel, reduce_range)
 
-    monkeypatch.setattr(sensitivity, "quantize_weight", spy)
-    errs = sensitivity.local_errors(cal, [x[:16]], cal.nodes(sensitivity.LAYER_OPS))
+    monkeypatch.setattr(probes, "quantize_weight", spy)
+    errs = probes.local_errors(cal, [x[:16]], cal.nodes(sensitivity.LAYER_OPS))
     assert len(errs) == 6 and seen == [True] * 6  # the per-layer proxy quantizes weights to 7 bits too
 
 

@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeres.errors import InputError, UsageError
-from edgeres.quantize import quantize
+from edgeres.quantize import QuantOptions, quantize
 from edgeres.quantize.cache import CACHE_FORMAT
 
 
@@ -79,27 +79,29 @@ def model(tmp_path) -> Path:
 def test_cache_hit_runs_no_images_and_gives_the_same_model(model, tmp_path):
     cache = tmp_path / "calib.json"
     calib = Counting()
-    first = quantize(model, tmp_path / "a.onnx", calib, data_fingerprint="set-1", method="entropy", cache_path=cache)
+    first = quantize(model, tmp_path / "a.onnx", calib, data_fingerprint="set-1", options=QuantOptions(method="entropy"), cache_path=cache)
     assert calib.calls == 1 and not first.cache_hit and first.num_calib == 300
     record = json.loads(cache.read_text())
     assert record["format"] == CACHE_FORMAT and record["data_fingerprint"] == "set-1"
     assert record["num_calib"] == 300 and "entropy/cpu" in record["ranges"]
     assert {"input", "r0", "r1", "c2", "f"} <= set(record["tensors"])
 
-    again = quantize(model, tmp_path / "b.onnx", must_not_run, data_fingerprint="set-1", method="entropy",
-                     cache_path=cache)
+    again = quantize(model, tmp_path / "b.onnx", must_not_run, data_fingerprint="set-1",
+                     options=QuantOptions(method="entropy"), cache_path=cache)
     assert again.cache_hit and again.num_calib == 300
     assert scales(again.path) == scales(first.path)
     # calib_batches may be None when the cache is valid
-    none = quantize(model, tmp_path / "c.onnx", None, data_fingerprint="set-1", method="entropy", cache_path=cache)
+    none = quantize(model, tmp_path / "c.onnx", None, data_fingerprint="set-1", options=QuantOptions(method="entropy"), cache_path=cache)
     assert none.cache_hit and scales(none.path) == scales(first.path)
 
 
 def test_other_method_and_form_come_from_cached_histograms(model, tmp_path):
     cache = tmp_path / "calib.json"
-    base = quantize(model, tmp_path / "mm.onnx", Counting(), data_fingerprint="d", method="minmax", cache_path=cache)
-    other = quantize(model, tmp_path / "pc.onnx", must_not_run, data_fingerprint="d", method="percentile",
-                     percentile=99.0, form="tensorrt", cache_path=cache)
+    base = quantize(model, tmp_path / "mm.onnx", Counting(), data_fingerprint="d",
+                    options=QuantOptions(method="minmax"), cache_path=cache)
+    # no images: the percentile ranges come from the histograms (bias correction is skipped: nothing to measure on)
+    other = quantize(model, tmp_path / "pc.onnx", None, data_fingerprint="d",
+                     options=QuantOptions(method="percentile", percentile=99.0, form="tensorrt"), cache_path=cache)
     assert other.cache_hit
     assert scales(other.path) != scales(base.path)
     # the new ranges are stored too, keyed by method, form and the setting that matters
@@ -117,7 +119,8 @@ def test_stale_cache_is_refused(model, tmp_path):
     with pytest.raises(InputError, match=rf"was made for another model/data \(model sha256.*\); {fix}"):
         quantize(other_model, tmp_path / "b.onnx", must_not_run, data_fingerprint="set-1", cache_path=cache)
     with pytest.raises(InputError, match=rf"num_bins=2048, not 1024; {fix}"):
-        quantize(model, tmp_path / "b.onnx", must_not_run, data_fingerprint="set-1", num_bins=1024, cache_path=cache)
+        quantize(model, tmp_path / "b.onnx", must_not_run, data_fingerprint="set-1",
+                 options=QuantOptions(num_bins=1024), cache_path=cache)
     assert not (tmp_path / "b.onnx").exists()
 
 

@@ -15,12 +15,14 @@ from torch.nn import functional as F
 
 from edgeres.errors import InputError, UsageError
 from edgeres.plots import short_label
-from edgeres.quantize import quantize
-from edgeres.quantize.sensitivity import Evaluator, analyze
+from edgeres.quantize import QuantOptions, quantize
+from edgeres.quantize.evaluator import Evaluator
+from edgeres.quantize.sensitivity import analyze
 
 SIZE = 12
 NUM_CLASSES = 6
 HOSTILE = "/b/Conv"  # node names: torch's exporter names them after the modules
+MINMAX = QuantOptions(method="minmax", bias_correction="off")  # the plain calibration the test models
 
 
 class Tiny(nn.Module):
@@ -115,7 +117,7 @@ def run(path: Path, mode: str, **kw):
     calib = kw.pop("calib", Calib())
     p, x, y = path
     with pytest.warns(UserWarning, match="only 128 calibration images"):
-        rep = analyze(p, calib, val_fn(x, y), data_fingerprint="tiny-128", method="minmax", mode=mode, **kw)
+        rep = analyze(p, calib, val_fn(x, y), data_fingerprint="tiny-128", options=MINMAX, mode=mode, **kw)
     return rep, calib
 
 
@@ -162,7 +164,7 @@ def test_excluding_the_hostile_layer_keeps_it_float_and_fixes_int8(model, fp32_o
     path, x, y = model
     calib = Calib()
     with pytest.warns(UserWarning):
-        q = quantize(path, tmp_path / "q.onnx", calib, data_fingerprint="tiny-128", method="minmax",
+        q = quantize(path, tmp_path / "q.onnx", calib, data_fingerprint="tiny-128", options=MINMAX,
                      exclude={HOSTILE})
     m = onnx.load(str(q.path))
     producer = {o: n.op_type for n in m.graph.node for o in n.output}
@@ -182,22 +184,22 @@ def test_cache_reuse_needs_no_images(model, tmp_path):
     first, calib = run(model, "fp32-one", layers=[HOSTILE], cache_path=cache)
     assert calib.calls == 1 and cache.is_file()
     p, x, y = model
-    again = analyze(p, None, val_fn(x, y), data_fingerprint="tiny-128", method="minmax", layers=[HOSTILE],
+    again = analyze(p, None, val_fn(x, y), data_fingerprint="tiny-128", options=MINMAX, layers=[HOSTILE],
                     cache_path=cache)
     assert again.rows == first.rows
     with pytest.raises(InputError, match="made for another model/data"):
-        analyze(p, None, val_fn(x, y), data_fingerprint="other", method="minmax", cache_path=cache)
+        analyze(p, None, val_fn(x, y), data_fingerprint="other", options=MINMAX, cache_path=cache)
 
 
 def test_bad_input_is_refused_with_a_clear_message(model, tmp_path):
     p, x, y = model
     cache = tmp_path / "c.json"
     with pytest.warns(UserWarning):
-        analyze(p, Calib(), val_fn(x[:10], y[:10]), data_fingerprint="f", method="minmax", layers=[HOSTILE],
+        analyze(p, Calib(), val_fn(x[:10], y[:10]), data_fingerprint="f", options=MINMAX, layers=[HOSTILE],
                 cache_path=cache)
 
     def go(val, **kw):
-        return analyze(p, None, val, data_fingerprint="f", method="minmax", cache_path=cache, **kw)
+        return analyze(p, None, val, data_fingerprint="f", options=MINMAX, cache_path=cache, **kw)
 
     bad = x[:100].copy()
     bad[5, 0, 0, 0] = np.nan
@@ -216,7 +218,7 @@ def test_bad_input_is_refused_with_a_clear_message(model, tmp_path):
     with pytest.raises(InputError, match="NaN/Inf"):  # calibration data is checked too
         bad_calib = images(32, 3)
         bad_calib[0, 0, 0, 0] = np.inf
-        analyze(p, lambda: iter([bad_calib]), val_fn(x, y), data_fingerprint="g", method="minmax")
+        analyze(p, lambda: iter([bad_calib]), val_fn(x, y), data_fingerprint="g", options=MINMAX)
 
 
 def test_short_label():

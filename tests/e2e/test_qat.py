@@ -1,0 +1,87 @@
+"""The QAT fallback on a ResNet-20 that post-training quantization cannot hold within a tight --max-drop.
+
+The trained ResNet-20 made weight-hostile without changing its FP32 function: in every block, the
+most active channel of ``bn1`` is divided by 30 and the matching input channel of ``conv2``
+multiplied by 30 (ReLU is positively homogeneous). With the x86 targets' 7-bit weights, each
+``conv2``'s other input channels keep only ~2 levels per output channel: nine hostile layers, more
+than the three float layers the QAT fallback allows PTQ, and no activation range can fix weights.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+MAX_DROP = 0.3
+K = 30.0
+
+
+@pytest.fixture(scope="module")
+def hostile(trained_r20, tmp_path_factory):
+    import torch
+
+    from edgeres.checkpoint import load_checkpoint, save_checkpoint
+    from edgeres.export import export_onnx
+
+    loaded = load_checkpoint(trained_r20)
+    m = loaded.model
+    x = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        before = m(x)
+        for stage in (m.layer1, m.layer2, m.layer3):
+            for blk in stage:
+                c = int(torch.argmax(blk.bn1.bias + blk.bn1.weight.abs()))
+                blk.bn1.weight[c] /= K
+                blk.bn1.bias[c] /= K
+                blk.conv2.weight[:, c] *= K
+        torch.testing.assert_close(m(x), before, rtol=1e-3, atol=1e-3 * float(before.abs().max()))
+    d = tmp_path_factory.mktemp("qat")
+    ck = save_checkpoint(d / "hostile.pt", m, loaded.name, loaded.preprocessing, model_kwargs=loaded.model_kwargs)
+    export_onnx(load_checkpoint(ck), d / "hostile.onnx")
+    return d, ck, d / "hostile.onnx"
+
+
+@pytest.mark.slow
+def test_qat_recovers_what_ptq_cannot(hostile, cli):
+    d, ck, fp32 = hostile
+    out = d / "hostile.int8.onnx"
+    r = cli("quantize", fp32, "--calib", "builtin", "--num-calib", "256", "--reduce-range", "--val", "builtin",
+            "--val-limit", "500", "--max-drop", str(MAX_DROP), "--qat-checkpoint", ck, "--qat-data", "builtin:100",
+            "--qat-epochs", "1", "--out", out)
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-2000:])
+    assert "quantization-aware training" in r.stdout
+    meta = json.loads(next(p.value for p in onnx.load(str(out)).metadata_props if p.key == "edgeres.quantization"))
+    qat = meta["qat"]
+    assert qat["before"]["drop_top1"] > MAX_DROP and len(qat["before"]["fallback_layers"]) == 3  # PTQ gave up
+    assert meta["fallback"]["drop_top1"] <= MAX_DROP and qat["steps"] >= 10
+    assert (d / "hostile.qat.fp32.onnx").is_file() and (d / "hostile.qat.calib.json").is_file()
+
+    # The Q/DQ model is edgeres's own form: uint8 activations, int8 constant 7-bit weights (what TVM's
+    # integer rewrite and ONNX Runtime's QLinearConv take).
+    m = onnx.load(str(out))
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in m.graph.initializer}
+    zps = [inits[n.input[2]] for n in m.graph.node if n.op_type == "QuantizeLinear"]
+    assert zps and all(z.dtype == np.uint8 for z in zps)
+    weights = [inits[n.input[0]] for n in m.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
+               and inits[n.input[0]].dtype == np.int8]
+    assert len(weights) >= 19 and max(int(np.abs(w).max()) for w in weights) == 63
+
+    # the drop is really met, measured independently on the original FP32 model
+    from edgeres.backends.onnxruntime import make_runner
+    from edgeres.checkpoint import load_checkpoint
+    from edgeres.data import iter_batches
+    from edgeres.evaluate import compare
+    from edgeres.pipeline import open_data
+
+    val = open_data("builtin", "val", load_checkpoint(ck).preprocessing, limit=500)
+    assert compare(make_runner(fp32), make_runner(out), iter_batches(val, 100)).drop_top1 <= MAX_DROP
+
+    tvm = pytest.importorskip("tvm")  # noqa: F841
+    from edgeres.backends.tvm import BACKEND
+    from edgeres.targets import get_target
+
+    art = BACKEND.compile(out, get_target("x86-64"), d / "tvm", precision="int8")
+    assert art.info["conv_kernels"]["packed_int8"] == 19  # every convolution on integer kernels
