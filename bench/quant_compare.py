@@ -208,7 +208,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--val-limit", type=int, default=None, help="validation images (default: all 1000)")
     ap.add_argument("--work", type=Path, help="keep models here (default: a temporary directory)")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON")
+    ap.add_argument("--force", action="store_true", help="replace a --json file edgeres did not write")
     args = ap.parse_args(argv)
+    if args.json:
+        from edgeres.outputs import check_file_output
+
+        check_file_output(args.json, "--json", force=args.force)  # before minutes of training
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if not set(models) <= {"r20", "r18"}:
         ap.error(f"unknown model in --models {args.models!r}; use r20 and/or r18")
@@ -229,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             from edgeres.fileio import write_json
 
-            write_json(args.json, {"rows": rows})
+            write_json(args.json, {"format": "edgeres.bench-quant/1", "rows": rows})
     return 0
 
 

@@ -9,6 +9,7 @@ its traceback.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -18,8 +19,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from edgeres.cli_format import console, parse_options, pct, print_bundle_report, report_table
+from edgeres import cli_list
+from edgeres.cli_format import (
+    Force, console, expand_images, make_console, parse_options, pct, print_bundle_report, report_table, speed_vs,
+    warn_random_weights,
+)
 from edgeres.errors import AccuracyRegression, EdgeresError, UsageError
+
+try:  # Typer >= 0.22 vendors click
+    from typer._click.exceptions import ClickException as _ClickException
+except ImportError:  # pragma: no cover - older Typer on click
+    from click.exceptions import ClickException as _ClickException
 
 app = typer.Typer(
     name="edgeres",
@@ -28,38 +38,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-err = Console(stderr=True)
+err = make_console(stderr=True)
 
 TargetsDir = typer.Option(None, "--targets-dir", help="Extra directory of target .toml files.")
 
-
-@app.command()
-def models(pattern: Optional[str] = typer.Argument(None, help="fnmatch pattern, e.g. 'resnet*' or 'plain*'.")):
-    """List the model zoo."""
-    from edgeres.models import list_models
-
-    t = Table(title="edgeres model zoo")
-    for c in ("name", "family", "depth", "block", "shortcut", "classes", "input"):
-        t.add_column(c)
-    for m in list_models(pattern):
-        shortcut = m.shortcut_default if m.residual else "none (plain)"
-        t.add_row(m.name, m.family, str(m.depth), m.block, str(shortcut), str(m.default_num_classes),
-                  f"{m.default_input_size}x{m.default_input_size}")
-    console.print(t)
-
-
-@app.command()
-def targets(targets_dir: Optional[List[Path]] = TargetsDir):
-    """List the hardware targets (targets/*.toml)."""
-    from edgeres.targets import list_targets
-
-    t = Table(title="edgeres targets")
-    for c in ("name", "backend", "arch", "precisions", "default", "aliases", "description"):
-        t.add_column(c)
-    for tg in list_targets(targets_dir or ()):
-        t.add_row(tg.name, tg.backend, tg.arch, ",".join(tg.precisions), tg.default_precision,
-                  ",".join(tg.aliases), tg.description)
-    console.print(t)
+cli_list.register(app, console, TargetsDir)  # models, targets: first in --help
 
 
 @app.command()
@@ -84,11 +67,16 @@ def train(
     device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N | auto (under torchrun: cpu or cuda)."),
     nproc: Optional[int] = typer.Option(None, "--nproc", help="Launch torchrun with N local processes (DDP)."),
     plot: bool = typer.Option(True, "--plot/--no-plot", help="Write the training-curve PNG next to the history."),
+    force: bool = Force,
 ):
     """Train (or fine-tune) a zoo model; writes an edgeres checkpoint with its preprocessing."""
     import subprocess
 
+    from edgeres.outputs import check_file_outputs
     from edgeres.training.dist import get_dist_info, torchrun_command
+    from edgeres.training.state import output_paths
+
+    check_file_outputs(vars(output_paths(out)).values(), "--out", force=force)
 
     if nproc is not None and nproc != 1:
         if get_dist_info().distributed:
@@ -97,7 +85,7 @@ def train(
             "--data": data, "--out": out, "--recipe": recipe, "--epochs": epochs, "--iterations": iterations,
             "--batch-size": batch_size, "--lr": lr, "--weight-decay": weight_decay, "--init": init,
             "--replace-head": replace_head, "--freeze-backbone": freeze_backbone, "--resume": resume,
-            "--workers": workers, "--seed": seed, "--device": device, "--no-plot": not plot})
+            "--workers": workers, "--seed": seed, "--device": device, "--no-plot": not plot, "--force": force})
         err.print(f"launching: {' '.join(cmd)}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(subprocess.run(cmd).returncode)
 
@@ -121,11 +109,14 @@ def export(
     source: str = typer.Argument(..., help="edgeres checkpoint, or zoo name with --weights."),
     out: Path = typer.Option(..., "--out", help="Output .onnx file."),
     weights: Optional[str] = typer.Option(None, "--weights", help="torchvision-format .pth for a zoo name, or 'random'."),
-    opset: int = typer.Option(17, "--opset"),
+    opset: int = typer.Option(17, "--opset", help="ONNX opset (17 or later)."),
+    force: bool = Force,
 ):
     """Export to ONNX (dynamic batch), checked for parity with PyTorch on ONNX Runtime."""
     from edgeres.export import OnnxSource, export_onnx, resolve_source
+    from edgeres.outputs import check_file_output
 
+    check_file_output(out, "--out", force=force)
     src = resolve_source(source, weights)
     if isinstance(src, OnnxSource):
         raise UsageError(f"{source} is already ONNX; pass it to `edgeres quantize` or `edgeres compile`")
@@ -138,15 +129,18 @@ def export(
 def compile_cmd(
     source: str = typer.Argument(..., help="edgeres checkpoint, ONNX file, or zoo name with --weights."),
     target: str = typer.Option(..., "--target", help="Target name (edgeres targets) or a .toml file."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Bundle directory (default bundles/<model>-<target>-<precision>)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Bundle folder (default: in bundles/, named "
+                                       "MODEL-TARGET-PRECISION). An existing bundle there is replaced."),
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | fp16 | int8 (default: the target's)."),
     weights: Optional[str] = typer.Option(None, "--weights", help="For a zoo name: torchvision-format .pth, or 'random'."),
     calib: Optional[str] = typer.Option(None, "--calib", help="Calibration images for INT8."),
     val: Optional[str] = typer.Option(None, "--val", help="Labelled images to validate the artifact against FP32."),
     method: str = typer.Option("entropy", "--method", help="entropy | minmax | percentile | mse"),
-    num_calib: int = typer.Option(512, "--num-calib"),
-    calib_cache: Optional[Path] = typer.Option(None, "--calib-cache"),
-    per_channel: bool = typer.Option(True, "--per-channel/--per-tensor"),
+    num_calib: int = typer.Option(512, "--num-calib", help="Calibration images to use (at most)."),
+    calib_cache: Optional[Path] = typer.Option(None, "--calib-cache", help="Calibration cache JSON: reused when it "
+                                               "exists (same model and data), written there otherwise."),
+    per_channel: bool = typer.Option(True, "--per-channel/--per-tensor", help="INT8 weight scales per output "
+                                     "channel or per tensor."),
     max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Top-1 points allowed (default: the target's)."),
     val_limit: Optional[int] = typer.Option(None, "--val-limit", help="Validate on at most this many images."),
     fallback: bool = typer.Option(True, "--fallback/--no-fallback",
@@ -154,19 +148,21 @@ def compile_cmd(
     tuning_db: Optional[Path] = typer.Option(None, "--tuning-db", help="TVM MetaSchedule database (edgeres tune)."),
     option: Optional[List[str]] = typer.Option(None, "--option", help="Backend option key=value (threads=4, layout=NCHW, conv=topi, dla_core=0)."),
     targets_dir: Optional[List[Path]] = TargetsDir,
+    force: bool = Force,
 ):
     """Export, quantize, compile and validate into a deployment bundle."""
     from edgeres.pipeline import compile_bundle
 
     if out is None:
         stem = Path(source).stem if source.endswith((".pt", ".pth", ".onnx")) else source
-        out = Path("bundles") / f"{stem}-{target}-{precision or 'default'}"
+        tname = Path(target).stem if target.endswith(".toml") else target
+        out = Path("bundles") / f"{stem}-{tname}-{precision or 'default'}"
     try:
         res = compile_bundle(
             source, target, out, precision=precision, weights=weights, calib=calib, val=val, method=method,
             num_calib=num_calib, calib_cache=calib_cache, per_channel=per_channel, max_drop=max_drop,
             val_limit=val_limit, fallback=fallback, targets_dirs=tuple(targets_dir or ()), log=lambda s: console.print(f"  {s}"),
-            backend_options=_backend_options(option, tuning_db),
+            backend_options=_backend_options(option, tuning_db), force=force, progress=True,
         )
     except AccuracyRegression:
         print_bundle_report(out)
@@ -194,11 +190,16 @@ def validate(
     max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Top-1 points allowed (default: the target's)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use at most this many images."),
+    force: bool = Force,
 ):
     """Top-1/top-5 of the bundle's artifact vs its FP32 reference; exit 1 when --max-drop is broken."""
+    from edgeres.outputs import check_file_output
     from edgeres.pipeline import validate_bundle
 
-    report = validate_bundle(bundle, data, max_drop=max_drop, limit=limit)
+    if json_out:
+        check_file_output(json_out, "--json", force=force)
+    warn_random_weights(bundle)
+    report = validate_bundle(bundle, data, max_drop=max_drop, limit=limit, progress=True)
     if json_out:
         report.write(json_out)
     console.print(report_table(report))
@@ -210,18 +211,24 @@ def validate(
 @app.command()
 def run(
     bundle: Path = typer.Argument(..., help="Bundle directory."),
-    images: List[Path] = typer.Argument(..., help="Image files."),
-    top_k: int = typer.Option(5, "--top-k"),
+    images: List[Path] = typer.Argument(..., help="Image files, or folders (their images, sorted)."),
+    top_k: int = typer.Option(5, "--top-k", help="Classes to print per image."),
     backend: Optional[str] = typer.Option(None, "--backend", help="Override: 'onnxruntime' runs the bundle's ONNX."),
 ):
     """Classify images with a bundle; prints the top-k classes with scores."""
     from edgeres.runtime import load
 
+    if top_k < 1:
+        raise UsageError(f"--top-k must be at least 1, got {top_k}")
+    warn_random_weights(bundle)
     pred = load(bundle, backend=backend)
-    for path, result in zip(images, pred.classify(images, top_k=top_k)):
-        console.print(f"[bold]{path}[/bold]")
-        for name, p in result:
-            console.print(f"  {p:7.4f}  {name}")
+    files = expand_images(images)
+    for start in range(0, len(files), 64):  # a folder of thousands of images: a batch at a time
+        chunk = files[start:start + 64]
+        for path, result in zip(chunk, pred.classify(chunk, top_k=top_k)):
+            console.print(f"[bold]{path}[/bold]", markup=True, highlight=False, soft_wrap=True)
+            for name, p in result:
+                console.print(f"  {p:7.4f}  {name}", markup=False, highlight=False)
 
 
 @app.command()
@@ -233,6 +240,10 @@ def bench(
 ):
     """Median latency of the bundle's artifact beside ONNX Runtime / PyTorch."""
     from edgeres.bench import measure_latency
+
+    if batch_size < 1 or repeats < 1:
+        raise UsageError("--batch-size and --repeats must be at least 1")
+    warn_random_weights(bundle)
 
     peers = ["artifact"]
     for v in vs or ["onnxruntime"]:
@@ -249,19 +260,23 @@ def bench(
     t.add_column("vs artifact", justify="right")
     base = res.get("artifact")
     for k, v in res.items():
-        t.add_row(k, f"{v:.3f}", f"{v / base:.2f}x" if base else "-")
+        t.add_row(k, f"{v:.3f}", "-" if k == "artifact" else speed_vs(v, base))
     console.print(t)
 
 
 @app.command(name="make-data")
 def make_data(
     out: Path = typer.Argument(..., help="Directory to write DIR/train/<class>/*.png and DIR/val/<class>/*.png."),
-    train_per_class: int = typer.Option(500, "--train-per-class"),
-    val_per_class: int = typer.Option(100, "--val-per-class"),
+    train_per_class: int = typer.Option(500, "--train-per-class", help="Training images per class."),
+    val_per_class: int = typer.Option(100, "--val-per-class", help="Validation images per class."),
     seed: int = typer.Option(0, "--seed"),
+    force: bool = Force,
 ):
     """Write the built-in data set as an ImageFolder tree (to try the DIR-based commands)."""
     from edgeres.data.builtin import write_image_folder
+    from edgeres.outputs import check_dir_output
+
+    check_dir_output(out, "OUT", kind="data", force=force)
 
     write_image_folder(out, train_per_class, val_per_class, seed=seed)
     console.print(f"[green]wrote[/green] {out}/train and {out}/val")
@@ -271,12 +286,13 @@ def make_data(
 def quickstart(
     workdir: Path = typer.Option(Path("edgeres-quickstart"), "--workdir", help="Where the checkpoint and bundle go."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs (default: the quick recipe's)."),
-    target: str = typer.Option("x86-64-host", "--target"),
+    target: str = typer.Option("x86-64-host", "--target", help="Target to compile for."),
+    force: bool = Force,
 ):
     """Train ResNet-20 on built-in data, compile INT8 with TVM for this CPU, validate, and print the table."""
     from edgeres.quickstart import run_quickstart
 
-    res = run_quickstart(workdir, epochs=epochs, target=target, log=console.print)
+    res = run_quickstart(workdir, epochs=epochs, target=target, log=console.print, force=force)
     console.print(report_table(res.report, title="edgeres quickstart: ResNet-20 on the built-in data"))
     t = Table(title="time per stage (s)")
     t.add_column("stage")
@@ -290,7 +306,9 @@ def quickstart(
     for k, v in res.latency_ms.items():
         lt.add_row(k, f"{v:.3f}")
     console.print(lt)
-    console.print(f"bundle: {res.bundle}   try: edgeres run {res.bundle} IMAGE.png")
+    console.print(f"bundle: {res.bundle}", soft_wrap=True)
+    console.print(f"try: edgeres run {res.bundle} {res.samples[0]}   (or the folder {res.samples[0].parent})",
+                  soft_wrap=True, highlight=False)
 
 
 from edgeres import cli_deploy, cli_quantize, cli_tune  # noqa: E402
@@ -304,16 +322,54 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     return f"warning: {message}\n"
 
 
+_METAVARS = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "Path": "PATH", "bool": ""}
+
+
+def _readable_metavars(command) -> None:  # noqa: ANN001 - a click command or group
+    """Help shows TEXT/INTEGER/PATH (not Typer's <str>, <list[Path]>), flags none, arguments their name."""
+    help_option = command.get_help_option(command.context_class(command))
+    if help_option is not None:
+        help_option.metavar = ""
+    for param in getattr(command, "params", ()):
+        if param.param_type_name == "argument":
+            param.metavar = param.metavar or param.name.upper()
+            param.display_type_rich = lambda ctx=None: None  # the name column already says what it is
+            continue
+        if param.metavar is not None:
+            continue
+        bare = param.bare_type() if hasattr(param, "bare_type") else "str"
+        if bare.startswith("list[") and bare.endswith("]"):
+            bare = bare[5:-1]  # a repeatable option: its element type
+        param.metavar = _METAVARS.get(bare, bare.upper())
+    for sub in getattr(command, "commands", {}).values():
+        _readable_metavars(sub)
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     warnings.formatwarning = _one_line_warning
+    command = typer.main.get_command(app)
+    _readable_metavars(command)
     try:
-        app(args=argv, prog_name="edgeres")
+        rc = command.main(args=argv, prog_name="edgeres", standalone_mode=False)
     except EdgeresError as e:
         err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
+    except _ClickException as e:  # bad usage Typer/click caught: unknown option, bad value, missing argument
+        if type(e).__name__ == "NoArgsIsHelpError":
+            e.show()
+            sys.exit(e.exit_code)
+        ctx = getattr(e, "ctx", None)
+        where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        err.print(f"error: {' '.join(e.format_message().split())}{where}", markup=False, highlight=False,
+                  soft_wrap=True)
+        sys.exit(e.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
         err.print("interrupted")
         sys.exit(130)
+    except BrokenPipeError:  # `edgeres ... | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    sys.exit(rc if isinstance(rc, int) else 0)
 
 
 if __name__ == "__main__":

@@ -52,17 +52,20 @@ class OnnxSource:
     path: Path
     preprocessing: Preprocessing
     model_name: str
+    random_weights: bool = False  # exported from ``--weights random`` (edgeres metadata says so)
 
 
-def load_onnx(path: str | os.PathLike) -> Any:
-    """Load and check an ONNX classifier file; one-line InputError when missing, corrupt or not one."""
-    from edgeres.onnx_io import graph_io, load_model
+def load_onnx(path: str | os.PathLike, task: str = "classify") -> Any:
+    """Load and check an ONNX file for ``task``; one-line InputError when missing, corrupt or not one
+    (a classifier: one NCHW image input, one (N, classes) output)."""
+    from edgeres.onnx_io import check_outputs, graph_io, load_model
 
     model = load_model(path, check=True)
     io = graph_io(model)
-    if len(io.inputs) != 1 or len(io.outputs) != 1:
-        raise InputError(f"{path} must have one image input and one logits output; it has "
-                         f"{len(io.inputs)} inputs and {len(io.outputs)} outputs")
+    if len(io.inputs) != 1:
+        raise InputError(f"{path} must have one image input; it has {len(io.inputs)} inputs "
+                         f"{[i.name for i in io.inputs]}")
+    check_outputs(model, str(path), task)
     return model
 
 
@@ -77,10 +80,11 @@ def onnx_input_info(model: Any) -> tuple[str, list[int | str]]:
     return inp.name, list(inp.dims)
 
 
-def onnx_source(path: str | os.PathLike, preprocessing: Preprocessing | None = None) -> OnnxSource:
-    """An existing ONNX file as a model source. Without edgeres metadata, ImageNet
-    preprocessing at the file's input size is assumed (with a warning) unless given."""
-    model = load_onnx(path)
+def onnx_source(path: str | os.PathLike, preprocessing: Preprocessing | None = None,
+                task: str = "classify") -> OnnxSource:
+    """An existing ONNX file as a model source (checked for ``task``, see :func:`load_onnx`). Without
+    edgeres metadata, ImageNet preprocessing at the file's input size is assumed (with a warning)."""
+    model = load_onnx(path, task)
     _, dims = onnx_input_info(model)
     pre = preprocessing or read_onnx_preprocessing(model)
     if pre is None:
@@ -100,11 +104,17 @@ def onnx_source(path: str | os.PathLike, preprocessing: Preprocessing | None = N
             "Pass --mean/--std/--resize/--labels if that is wrong.",
             stacklevel=2,
         )
-    name = "onnx"
+    name, random_weights = "onnx", False
     for prop in model.metadata_props:
         if prop.key == MODEL_METADATA_KEY:
-            name = json.loads(prop.value).get("name", name)
-    return OnnxSource(Path(path), pre, name)
+            try:
+                record = json.loads(prop.value)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                name = str(record.get("name", name))
+                random_weights = record.get("weights") == "random"
+    return OnnxSource(Path(path), pre, name, random_weights)
 
 
 def resolve_source(source: str, weights: str | None = None, **model_kwargs: Any) -> LoadedModel | OnnxSource:
@@ -127,8 +137,9 @@ def resolve_source(source: str, weights: str | None = None, **model_kwargs: Any)
     info = get_model_info(source)  # raises ModelNotFound with suggestions
     if weights is None:
         raise UsageError(
-            f"{source} needs weights: train them (edgeres train {source} --data DIR --out runs/{source}.pt), "
-            f"pass a torchvision-format file with --weights FILE.pth, or --weights random for latency tests only"
+            f"{source} needs weights (edgeres downloads nothing): pass a torchvision/timm-format file with --weights "
+            f"FILE.pth, train them (edgeres train {source} --data builtin --out runs/{source}.pt, or --data a folder "
+            f"from `edgeres make-data data/shapes`), or --weights random to measure latency only"
         )
     if weights == "random":
         from edgeres.models import create_model
@@ -191,7 +202,10 @@ def export_onnx(
     write_onnx_preprocessing(proto, loaded.preprocessing)
     entry = proto.metadata_props.add()
     entry.key = MODEL_METADATA_KEY
-    entry.value = json.dumps({"name": loaded.name, "model_kwargs": loaded.model_kwargs, "source": loaded.source})
+    record = {"name": loaded.name, "model_kwargs": loaded.model_kwargs, "source": loaded.source}
+    if loaded.meta.get("weights") == "random":
+        record["weights"] = "random"  # marked, so that bundles and users know its outputs mean nothing
+    entry.value = json.dumps(record)
     proto.producer_name = "edgeres"
     proto.producer_version = __version__
     onnx.checker.check_model(proto)

@@ -17,7 +17,7 @@ from edgeres.bundle import (
 )
 from edgeres.errors import AccuracyRegression, CompileError, UsageError
 from edgeres.evaluate import AccuracyReport, compare
-from edgeres.fileio import atomic_dir, sha256_file, write_json
+from edgeres.fileio import atomic_dir, atomic_path, sha256_file, write_json
 from edgeres.preprocessing import Preprocessing
 from edgeres.targets import Target, get_target
 
@@ -44,27 +44,55 @@ def resolve_precision(target: Target, precision: str | None) -> str:
     return p
 
 
+def preflight(target: str | Target, precision: str | None = None, backend_options: dict[str, Any] | None = None,
+              targets_dirs: tuple[str, ...] = ()) -> tuple[Target, str, Any]:
+    """(target, precision, backend) for a compile, checked without any work: the target exists, it
+    supports the precision, the backend and its toolchain are installed."""
+    from edgeres.backends import get_backend
+
+    tgt = target if isinstance(target, Target) else get_target(target, targets_dirs)
+    prec = resolve_precision(tgt, precision)
+    backend = get_backend(tgt.backend, require=False)
+    backend.preflight(tgt, prec, backend_options)  # a missing backend fails here, before any work
+    return tgt, prec, backend
+
+
 def open_data(spec: str, split: str, pre: Preprocessing, *, limit: int | None, allow_unlabelled: bool = False):
     """Open ``spec`` with the model's preprocessing. Labels are matched to the model's classes by
     name, except for calibration, which needs images only (any folder of images will do)."""
-    from edgeres.data import open_dataset
+    import warnings
+
+    from edgeres.data import DataWarning, open_dataset
+    from edgeres.data.fit import fit_warning
 
     names = None if split == "calib" else (pre.class_names or None)
-    return open_dataset(spec, split, pre, class_names=names, limit=limit, allow_unlabelled=allow_unlabelled)
+    ds = open_dataset(spec, split, pre, class_names=names, limit=limit, allow_unlabelled=allow_unlabelled)
+    data_classes = len(ds.class_names) if names is None and ds.labelled else None
+    note = fit_warning(ds, pre, "calibration" if split == "calib" else "validation", data_classes)
+    if note:
+        warnings.warn(note, DataWarning, stacklevel=2)
+    return ds
 
 
-def open_calibration(calib: str | None, pre: Preprocessing, num_calib: int,
-                     batch_size: int = 32) -> tuple[Callable[[], Any] | None, str | None]:
+def open_calibration(calib: str | None, pre: Preprocessing, num_calib: int, batch_size: int = 32, *,
+                     progress: bool = False) -> tuple[Callable[[], Any] | None, str | None]:
     """(zero-arg callable yielding calibration batches, data fingerprint), or (None, None) without
-    ``calib`` (a calibration cache must then supply the ranges)."""
+    ``calib`` (a calibration cache must then supply the ranges). ``progress``: each pass over the
+    batches shows a progress bar (see :mod:`edgeres.progress`)."""
     from edgeres.data import iter_batches
+    from edgeres.progress import track
 
     if num_calib < 1:
         raise UsageError("--num-calib must be at least 1")
     if not calib:
         return None, None
     ds = open_data(calib, "calib", pre, limit=num_calib, allow_unlabelled=True)
-    return (lambda: (x for x, _ in iter_batches(ds, batch_size))), ds.fingerprint()
+
+    def batches() -> Any:
+        xs = (x for x, _ in iter_batches(ds, batch_size))
+        return track(xs, "calibrating", len(ds), "images", count=len, enabled=progress)
+
+    return batches, ds.fingerprint()
 
 
 def export_stage(source: Any, dest: Path, preprocessing: Preprocessing | None = None) -> tuple[Preprocessing, str, dict]:
@@ -79,10 +107,13 @@ def export_stage(source: Any, dest: Path, preprocessing: Preprocessing | None = 
         proto = onnx.load(str(source.path))
         write_onnx_preprocessing(proto, source.preprocessing)
         onnx.save(proto, str(dest))
-        return source.preprocessing, source.model_name, {"source": str(source.path), "sha256": sha256_file(source.path)}
+        info = {"source": str(source.path), "sha256": sha256_file(source.path),
+                "random_weights": source.random_weights}
+        return source.preprocessing, source.model_name, info
     res = export_onnx(source, dest)
     info = {"source": source.source, "max_abs_diff": res.max_abs_diff, "logit_scale": res.logit_scale,
-            "opset": res.opset, "seconds": round(res.seconds, 3)}
+            "opset": res.opset, "seconds": round(res.seconds, 3),
+            "random_weights": source.meta.get("weights") == "random"}
     if source.source and Path(source.source).is_file():
         info["sha256"] = sha256_file(source.source)
     return res.preprocessing, res.model_name, info
@@ -108,29 +139,35 @@ def compile_bundle(
     backend_options: dict[str, Any] | None = None,
     targets_dirs: tuple[str, ...] = (),
     log: Callable[[str], None] = lambda s: None,
+    force: bool = False,
+    progress: bool = False,
 ) -> CompileResult:
     """Compile ``source`` for ``target`` into the bundle directory ``out`` (atomically).
 
-    Everything that can be checked without work is checked first (target, precision, the
-    backend and its toolchain, the model source, calibration inputs). Raises
+    Everything that can be checked without work is checked first (the output paths, target,
+    precision, the backend and its toolchain, the model source, calibration inputs). ``out`` may
+    be absent, empty or an edgeres bundle (a file or symlink there needs ``force``; a folder
+    holding anything edgeres did not write is never replaced). ``progress``: show progress bars
+    for calibration and validation (one line per stage without a terminal). Raises
     AccuracyRegression (exit 1) after writing the bundle when validation on ``val`` breaks
     ``max_drop`` (default: the target's threshold).
     """
-    from edgeres.backends import get_backend
     from edgeres.export import resolve_source
+    from edgeres.outputs import check_calib_cache, check_dir_output
 
-    tgt = target if isinstance(target, Target) else get_target(target, targets_dirs)
-    prec = resolve_precision(tgt, precision)
-    backend = get_backend(tgt.backend, require=False)
-    backend.preflight(tgt, prec, backend_options)  # a missing backend fails here, before any work
+    out = check_dir_output(out, "--out", kind="bundle", force=force)
+    if calib_cache is not None:
+        check_calib_cache(calib_cache)
+    tgt, prec, backend = preflight(target, precision, backend_options, targets_dirs)
     src = resolve_source(source, weights)
     if prec == "int8" and not calib and not calib_cache:
-        raise UsageError("--precision int8 needs calibration images: pass --calib DIR (or --calib-cache FILE)")
-    out = Path(out)
+        raise UsageError("--precision int8 needs calibration images: pass --calib DIR (any folder of the model's "
+                         "kind of images, e.g. one `edgeres make-data data/shapes` wrote; `--calib builtin` for the "
+                         "built-in 32x32 set) or an existing --calib-cache FILE, or choose --precision fp32")
     threshold = max_drop if max_drop is not None else tgt.max_drop
     timings: dict[str, float] = {}
     notes: list[str] = []
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, check=lambda p: check_dir_output(p, "--out", kind="bundle", force=force)) as tmp:
         t = time.perf_counter()
         pre, model_name, export_info = export_stage(src, tmp / FP32_ONNX)
         timings["export"] = time.perf_counter() - t
@@ -142,7 +179,8 @@ def compile_bundle(
             t = time.perf_counter()
             quant_info = _quantize_into(tmp, tgt, pre, calib=calib, calib_cache=calib_cache, num_calib=num_calib,
                                         method=method, per_channel=per_channel, percentile=percentile,
-                                        val_ds=val_ds if fallback else None, max_drop=threshold, log=log)
+                                        val_ds=val_ds if fallback else None, max_drop=threshold, log=log,
+                                        progress=progress)
             deploy_onnx = tmp / INT8_ONNX
             timings["quantize"] = time.perf_counter() - t
             fb = quant_info["fallback"]
@@ -168,7 +206,8 @@ def compile_bundle(
         if val_ds is not None:
             t = time.perf_counter()
             report = _validate(tmp / FP32_ONNX, deploy_onnx, artifact, backend, val_ds, threshold,
-                               {"model": model_name, "target": tgt.name, "precision": prec, "data": str(val)})
+                               {"model": model_name, "target": tgt.name, "precision": prec, "data": str(val)},
+                               progress=progress)
             report.write(tmp / REPORT)
             timings["validate"] = time.perf_counter() - t
         write_manifest(tmp, {
@@ -199,9 +238,9 @@ def compile_bundle(
 def _quantize_into(tmp: Path, tgt: Target, pre: Preprocessing, *, calib: str | None,
                    calib_cache: str | os.PathLike | None, num_calib: int, method: str, per_channel: bool,
                    percentile: float, val_ds: Any, max_drop: float | None,
-                   log: Callable[[str], None]) -> dict[str, Any]:
+                   log: Callable[[str], None], progress: bool = False) -> dict[str, Any]:
     """Quantize the bundle's FP32 ONNX into its INT8 ONNX (with the calibration cache); the manifest record."""
-    batches, fingerprint = open_calibration(calib, pre, num_calib)
+    batches, fingerprint = open_calibration(calib, pre, num_calib, progress=progress)
     cache_dest = tmp / CALIB_CACHE
     if calib_cache and Path(calib_cache).is_file():
         shutil.copyfile(calib_cache, cache_dest)
@@ -211,7 +250,8 @@ def _quantize_into(tmp: Path, tgt: Target, pre: Preprocessing, *, calib: str | N
         reduce_range=tgt.reduce_range, percentile=percentile, cache_path=cache_dest, val_ds=val_ds,
         max_drop=max_drop, log=log)
     if calib_cache and not Path(calib_cache).is_file():
-        shutil.copyfile(cache_dest, calib_cache)
+        with atomic_path(calib_cache) as tmp_cache:
+            shutil.copyfile(cache_dest, tmp_cache)
     return {"method": q.method, "form": q.form, "per_channel": q.per_channel, "reduce_range": q.reduce_range,
             "num_calib": q.num_calib, "quantized_nodes": q.num_quantized_nodes, "excluded": list(q.excluded),
             "cache_hit": q.cache_hit, "calib_data": calib, "calib_fingerprint": fingerprint,
@@ -231,14 +271,17 @@ def _artifact_runner(artifact: Any, backend: Any, deploy_onnx: Path) -> tuple[An
 
 
 def _validate(fp32_onnx: Path, deploy_onnx: Path, artifact: Any, backend: Any, ds: Any, max_drop: float | None,
-              context: dict[str, Any]) -> AccuracyReport:
+              context: dict[str, Any], progress: bool = False) -> AccuracyReport:
     from edgeres.backends import reference_runner
     from edgeres.data import iter_batches
+    from edgeres.progress import track
 
     reference = reference_runner(fp32_onnx)
     runner, runner_name = _artifact_runner(artifact, backend, deploy_onnx)
     ctx = {**context, "backend": runner_name, "data_fingerprint": ds.fingerprint()}
-    return compare(reference, runner, iter_batches(ds, EVAL_BATCH), max_drop=max_drop, context=ctx)
+    batches = track(iter_batches(ds, EVAL_BATCH), "validating", len(ds), "images", count=lambda b: len(b[0]),
+                    enabled=progress)
+    return compare(reference, runner, batches, max_drop=max_drop, context=ctx)
 
 
 def quantize_stage(fp32: Path, out: Path, batches: Any, fingerprint: str | None, *, form: str, method: str,
@@ -268,7 +311,7 @@ def quantize_stage(fp32: Path, out: Path, batches: Any, fingerprint: str | None,
 
 
 def validate_bundle(bundle: str | os.PathLike | Bundle, data: str, *, max_drop: float | None = None,
-                    limit: int | None = None, verify: bool = True) -> AccuracyReport:
+                    limit: int | None = None, verify: bool = True, progress: bool = False) -> AccuracyReport:
     """Validate a bundle's artifact against its FP32 ONNX on labelled images ``data``.
 
     ``max_drop`` defaults to the bundle target's threshold. Returns the report; the
@@ -285,7 +328,7 @@ def validate_bundle(bundle: str | os.PathLike | Bundle, data: str, *, max_drop: 
     ds = open_data(data, "val", b.preprocessing, limit=limit)
     ctx = {"model": b.manifest["model"]["name"], "target": b.target_name, "precision": b.precision,
            "bundle": str(b.root), "data": str(data)}
-    return _validate(b.file("fp32"), b.deploy_onnx, art, backend, ds, threshold, ctx)
+    return _validate(b.file("fp32"), b.deploy_onnx, art, backend, ds, threshold, ctx, progress=progress)
 
 
 def get_target_from_manifest(b: Bundle) -> Target:
