@@ -8,7 +8,6 @@ its traceback.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import warnings
@@ -16,7 +15,6 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from edgeres import cli_list
