@@ -75,7 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--out", type=Path, default=Path("bench_out/degradation"))
+    p.add_argument("--force", action="store_true", help="replace output files edgeres did not write")
     args = p.parse_args(argv)
+
+    from edgeres.outputs import check_file_outputs
+
+    check_file_outputs([args.out / "degradation.json", args.out / "degradation.png"], "--out", force=args.force)
 
     import torch
 
@@ -87,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     results = run(models, args.data, args.epochs, args.batch_size, args.lr, args.out, args.seed)
     print(table(results))
     write_json(args.out / "degradation.json", {
-        "data": args.data, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+        "format": "edgeres.bench-degradation/1", "data": args.data, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
         "threads": args.threads, "results": results})
     try:
         from edgeres.plots import error_curves

@@ -17,7 +17,6 @@ use all cores by default.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -114,7 +113,12 @@ def main() -> None:
     ap.add_argument("--passes", type=int, default=3, help="passes over all runners")
     ap.add_argument("--tuning-db", default=None)
     ap.add_argument("--json", default=None, help="also write the rows as JSON")
+    ap.add_argument("--force", action="store_true", help="replace a --json file edgeres did not write")
     args = ap.parse_args()
+    if args.json:
+        from edgeres.outputs import check_file_output
+
+        check_file_output(args.json, "--json", force=args.force)  # before minutes of measuring
     models = args.model or ["resnet20", "resnet50"]
     rows = []
     with tempfile.TemporaryDirectory() as d:
@@ -127,7 +131,9 @@ def main() -> None:
         print(f"{r['model']:10s} {r['input']:8s} {r['runner']:34s} {r['median_ms']:10.3f} "
               f"{r['vs_onnxruntime_fp32']:10.2f} {r.get('compile_s', ''):>9}")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+        from edgeres.fileio import write_json
+
+        write_json(args.json, {"format": "edgeres.bench-latency/1", "rows": rows})
 
 
 if __name__ == "__main__":

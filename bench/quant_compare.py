@@ -15,7 +15,7 @@ Rows per model and weight width (8-bit as the VNNI / ONNX Runtime targets, 7-bit
 targets without VNNI quantize; cpu form, per-channel): edgeres minmax / entropy / percentile /
 mse without bias correction (each calibrated on all the images: what edgeres did before
 ``auto``), ``auto`` (the default: held-out scoring, bias correction where it helps), ``auto``
-with ``--no-bias-correction``, and entropy with bias correction on; and ONNX Runtime's
+with ``--bias-correction off``, and entropy with bias correction on; and ONNX Runtime's
 ``quantize_static`` (8-bit) with its defaults (QDQ, int8 activations and weights, per-tensor,
 MinMax), its Entropy method and its CPU recommendation (uint8 activations, per-channel
 weights). Accuracy: FP32 vs INT8 in ONNX Runtime on the val images (top-1 drop in points,
@@ -239,8 +239,8 @@ def bench_model(label: str, checkpoint: Path, work: Path, num_calib: int, val_li
             out = work / f"{label}.{method}.{weights}.onnx"
             q(out, all_cache, method=method, bias_correction="off", reduce_range=rr)
             evaluate(method, "edgeres", weights, out)
-        for name, kw in (("auto (default)", {}), ("auto --no-bias-correction", {"bias_correction": "off"}),
-                         ("entropy --bias-correction", {"method": "entropy", "bias_correction": "on"})):
+        for name, kw in (("auto (default)", {}), ("auto --bias-correction off", {"bias_correction": "off"}),
+                         ("entropy --bias-correction on", {"method": "entropy", "bias_correction": "on"})):
             out = work / f"{label}.{name.split()[0]}.{weights}.onnx"
             res = q(out, auto_cache, reduce_range=rr, **kw)
             evaluate(name, "edgeres", weights, out, f"-> {res.method}{' + bias' if res.bias_correction else ''}")
@@ -298,7 +298,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--val-limit", type=int, default=None, help="validation images (default: all 1000)")
     ap.add_argument("--work", type=Path, help="keep models here (default: a temporary directory)")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON")
+    ap.add_argument("--force", action="store_true", help="replace a --json file edgeres did not write")
     args = ap.parse_args(argv)
+    if args.json:
+        from edgeres.outputs import check_file_output
+
+        check_file_output(args.json, "--json", force=args.force)  # before minutes of training
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if not set(models) <= {"r20", "r18"}:
         ap.error(f"unknown model in --models {args.models!r}; use r20 and/or r18")
@@ -331,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             from edgeres.fileio import write_json
 
-            write_json(args.json, {"rows": rows, "costs": costs})
+            write_json(args.json, {"format": "edgeres.bench-quant/1", "rows": rows, "costs": costs})
     return 0
 
 

@@ -87,6 +87,11 @@ class Bundle:
         return Task.from_dict(self.manifest.get("task"))
 
     @property
+    def random_weights(self) -> bool:
+        """Compiled from ``--weights random``: its outputs mean nothing (latency tests only)."""
+        return bool(self.manifest.get("model", {}).get("random_weights", False))
+
+    @property
     def precision(self) -> str:
         return self.manifest["precision"]
 

@@ -8,18 +8,26 @@ its traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from edgeres import cli_quantize
-from edgeres.cli_format import any_report_table, console, parse_options, pct, print_bundle_report, report_table
+from edgeres import cli_list, cli_quantize
+from edgeres.cli_format import (
+    Force, any_report_table, console, make_console, parse_options, pct, print_bundle_report,
+    report_table, warn_random_weights,
+)
 from edgeres.errors import AccuracyRegression, EdgeresError, UsageError
+
+try:  # Typer >= 0.22 vendors click
+    from typer._click.exceptions import ClickException as _ClickException
+except ImportError:  # pragma: no cover - older Typer on click
+    from click.exceptions import ClickException as _ClickException
 
 app = typer.Typer(
     name="edgeres",
@@ -28,41 +36,14 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-err = Console(stderr=True)
+err = make_console(stderr=True)
 
 TargetsDir = typer.Option(None, "--targets-dir", help="Extra directory of target .toml files.")
 TaskOpt = typer.Option(None, "--task", help="classify (default) | features: the backbone's stage outputs for a "
                        "detector (c2..c5 = layer1..layer4, strides 4/8/16/32; CIFAR ResNets: c2..c4).")
 FeaturesOpt = typer.Option(None, "--features", help="With --task features: which outputs, e.g. c3,c4,c5 (default all).")
 
-
-@app.command()
-def models(pattern: Optional[str] = typer.Argument(None, help="fnmatch pattern, e.g. 'resnet*' or 'plain*'.")):
-    """List the model zoo."""
-    from edgeres.models import list_models
-
-    t = Table(title="edgeres model zoo")
-    for c in ("name", "family", "depth", "block", "shortcut", "classes", "input"):
-        t.add_column(c)
-    for m in list_models(pattern):
-        shortcut = m.shortcut_default if m.residual else "none (plain)"
-        t.add_row(m.name, m.family, str(m.depth), m.block, str(shortcut), str(m.default_num_classes),
-                  f"{m.default_input_size}x{m.default_input_size}")
-    console.print(t)
-
-
-@app.command()
-def targets(targets_dir: Optional[List[Path]] = TargetsDir):
-    """List the hardware targets (targets/*.toml)."""
-    from edgeres.targets import list_targets
-
-    t = Table(title="edgeres targets")
-    for c in ("name", "backend", "arch", "precisions", "default", "aliases", "description"):
-        t.add_column(c)
-    for tg in list_targets(targets_dir or ()):
-        t.add_row(tg.name, tg.backend, tg.arch, ",".join(tg.precisions), tg.default_precision,
-                  ",".join(tg.aliases), tg.description)
-    console.print(t)
+cli_list.register(app, console, TargetsDir)  # models, targets: first in --help
 
 
 @app.command()
@@ -87,6 +68,7 @@ def train(
     device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N | auto (under torchrun: cpu or cuda)."),
     nproc: Optional[int] = typer.Option(None, "--nproc", help="Launch torchrun with N local processes (DDP)."),
     plot: bool = typer.Option(True, "--plot/--no-plot", help="Write the training-curve PNG next to the history."),
+    force: bool = Force,
 ):
     """Train (or fine-tune) a zoo model; writes an edgeres checkpoint with its preprocessing."""
     import subprocess
@@ -94,7 +76,11 @@ def train(
     from edgeres.compat import require_torch
 
     require_torch("edgeres train")
+    from edgeres.outputs import check_file_outputs
     from edgeres.training.dist import get_dist_info, torchrun_command
+    from edgeres.training.state import output_paths
+
+    check_file_outputs(vars(output_paths(out)).values(), "--out", force=force)
 
     if nproc is not None and nproc != 1:
         if get_dist_info().distributed:
@@ -103,7 +89,7 @@ def train(
             "--data": data, "--out": out, "--recipe": recipe, "--epochs": epochs, "--iterations": iterations,
             "--batch-size": batch_size, "--lr": lr, "--weight-decay": weight_decay, "--init": init,
             "--replace-head": replace_head, "--freeze-backbone": freeze_backbone, "--resume": resume,
-            "--workers": workers, "--seed": seed, "--device": device, "--no-plot": not plot})
+            "--workers": workers, "--seed": seed, "--device": device, "--no-plot": not plot, "--force": force})
         err.print(f"launching: {' '.join(cmd)}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(subprocess.run(cmd).returncode)
 
@@ -127,13 +113,16 @@ def export(
     source: str = typer.Argument(..., help="edgeres checkpoint, or zoo name with --weights."),
     out: Path = typer.Option(..., "--out", help="Output .onnx file."),
     weights: Optional[str] = typer.Option(None, "--weights", help="torchvision-format .pth for a zoo name, or 'random'."),
-    opset: int = typer.Option(17, "--opset"),
+    opset: int = typer.Option(17, "--opset", help="ONNX opset (17 or later)."),
     task: Optional[str] = TaskOpt,
     features: Optional[str] = FeaturesOpt,
+    force: bool = Force,
 ):
     """Export to ONNX (dynamic batch), checked for parity with PyTorch on ONNX Runtime."""
     from edgeres.export import OnnxSource, export_onnx, resolve_source
+    from edgeres.outputs import check_file_output
 
+    check_file_output(out, "--out", force=force)
     src = resolve_source(source, weights)
     if isinstance(src, OnnxSource):
         raise UsageError(f"{source} is already ONNX; pass it to `edgeres quantize` or `edgeres compile`")
@@ -147,17 +136,19 @@ def export(
 def compile_cmd(
     source: str = typer.Argument(..., help="edgeres checkpoint, ONNX file, or zoo name with --weights."),
     target: str = typer.Option(..., "--target", help="Target name (edgeres targets) or a .toml file."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Bundle directory (default bundles/<model>-<target>-<precision>)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Bundle folder (default: in bundles/, named "
+                                       "MODEL-TARGET-PRECISION). An existing bundle there is replaced."),
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | fp16 | int8 (default: the target's)."),
     weights: Optional[str] = typer.Option(None, "--weights", help="For a zoo name: torchvision-format .pth, or 'random'."),
     calib: Optional[str] = typer.Option(None, "--calib", help="Calibration images for INT8."),
     val: Optional[str] = typer.Option(None, "--val", help="Labelled images to validate the artifact against FP32."),
     method: Optional[str] = cli_quantize.MethodOpt,
     num_calib: Optional[int] = cli_quantize.NumCalibOpt,
-    calib_cache: Optional[Path] = typer.Option(None, "--calib-cache"),
+    calib_cache: Optional[Path] = typer.Option(None, "--calib-cache", help="Calibration cache JSON: reused when it "
+                                               "exists (same model and data), written there otherwise."),
     per_channel: Optional[bool] = cli_quantize.PerChannelOpt,
     percentile: Optional[float] = cli_quantize.PercentileOpt,
-    bias_correction: Optional[bool] = cli_quantize.BiasOpt,
+    bias_correction: Optional[str] = cli_quantize.BiasOpt,
     equalize: Optional[bool] = cli_quantize.EqualizeOpt,
     exclude: Optional[List[str]] = cli_quantize.ExcludeOpt,
     qat_data: Optional[str] = cli_quantize.QatDataOpt,
@@ -173,6 +164,7 @@ def compile_cmd(
     features: Optional[str] = FeaturesOpt,
     min_cosine: Optional[float] = typer.Option(None, "--min-cosine", help="--task features: least mean cosine per "
                                                "output vs FP32 on --val images (default 0.98)."),
+    force: bool = Force,
 ):
     """Export, quantize, compile and validate into a deployment bundle."""
     from edgeres.pipeline import compile_bundle
@@ -180,7 +172,8 @@ def compile_cmd(
 
     if out is None:
         stem = Path(source).stem if source.endswith((".pt", ".pth", ".onnx")) else source
-        out = Path("bundles") / f"{stem}-{target}-{precision or 'default'}"
+        tname = Path(target).stem if target.endswith(".toml") else target
+        out = Path("bundles") / f"{stem}-{tname}-{precision or 'default'}"
     tgt = get_target(target, tuple(targets_dir or ()))
     quant = cli_quantize.options_from_cli(tgt, method=method, percentile=percentile, num_calib=num_calib,
                                           per_channel=per_channel, bias_correction=bias_correction, equalize=equalize)
@@ -191,6 +184,7 @@ def compile_cmd(
             qat=cli_quantize.qat_from_cli(qat_data, qat_epochs),
             fallback=fallback, log=lambda s: console.print(f"  {s}", markup=False),
             backend_options=_backend_options(option, tuning_db), task=task, features=features, min_cosine=min_cosine,
+            force=force, progress=True,
         )
     except AccuracyRegression:
         print_bundle_report(out)
@@ -230,24 +224,30 @@ def validate(
                               "and their flips, softmax averaged)."),
     scales: Optional[str] = typer.Option(None, "--scales", help="Multi-scale testing, e.g. 224,256,384,480,640 "
                                          "(artifacts compiled with a dynamic spatial size only)."),
+    force: bool = Force,
 ):
     """Top-1/top-5 of the bundle's artifact vs its FP32 reference (a feature bundle: cosine per output);
     exit 1 when a gate (--max-drop, --max-drop-top5, --min-agreement, --min-cosine) is broken."""
     from edgeres.bundle import load_bundle
     from edgeres.ci_report import check_output_file, write_ci_files
     from edgeres.gates import bundle_selftest_gate, failed, report_gates
+    from edgeres.outputs import check_file_output
     from edgeres.pipeline import validate_bundle
     from edgeres.protocols import Protocol, parse_scales
 
     for path, opt, example in ((junit, "--junit", "edgeres-junit.xml"), (summary, "--summary", "summary.md"),
                                (json_out, "--json", "report.json")):
         check_output_file(path, opt, example)
+    if json_out:
+        check_file_output(json_out, "--json", force=force)
+    warn_random_weights(bundle)
     b = load_bundle(bundle)
     if b.task.is_features and (max_drop_top5 is not None or min_agreement is not None):
         raise UsageError(f"{bundle} is a feature extractor: --max-drop-top5/--min-agreement gate classifiers; "
                          "use --min-cosine")
     protocol = Protocol(crops=crops, scales=parse_scales(scales))
-    report = validate_bundle(b, data, max_drop=max_drop, limit=limit, min_cosine=min_cosine, protocol=protocol)
+    report = validate_bundle(b, data, max_drop=max_drop, limit=limit, min_cosine=min_cosine, protocol=protocol,
+                             progress=True)
     gates = report_gates(report) if b.task.is_features else report_gates(
         report, max_drop_top5=max_drop_top5, min_agreement=min_agreement)
     selftest = bundle_selftest_gate(b)
@@ -266,85 +266,16 @@ def validate(
 
 
 @app.command()
-def run(
-    bundle: Path = typer.Argument(..., help="Bundle directory."),
-    images: List[Path] = typer.Argument(..., help="Image files."),
-    top_k: int = typer.Option(5, "--top-k"),
-    backend: Optional[str] = typer.Option(None, "--backend", help="Override: 'onnxruntime' runs the bundle's ONNX."),
-):
-    """Classify images with a bundle; prints the top-k classes with scores."""
-    from edgeres.runtime import load
-
-    pred = load(bundle, backend=backend)
-    if pred.bundle.task.is_features:
-        for path, x in zip(images, pred.preprocess(images)):
-            console.print(f"[bold]{path}[/bold]")
-            for name, f in pred.features(x[None]).items():
-                console.print(f"  {name}  {'x'.join(map(str, f.shape[1:]))}  mean {f.mean():.4f}  max {f.max():.4f}")
-        return
-    for path, result in zip(images, pred.classify(images, top_k=top_k)):
-        console.print(f"[bold]{path}[/bold]")
-        for name, p in result:
-            console.print(f"  {p:7.4f}  {name}")
-
-
-@app.command()
-def bench(
-    bundle: Path = typer.Argument(..., help="Bundle directory."),
-    vs: Optional[List[str]] = typer.Option(None, "--vs", help="Peers: onnxruntime, torch (repeatable)."),
-    batch_size: int = typer.Option(1, "--batch-size"),
-    repeats: int = typer.Option(50, "--repeats"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the medians (and this CPU's name) as "
-                                            "JSON; `edgeres report` shows them."),
-):
-    """Median latency of the bundle's artifact beside ONNX Runtime / PyTorch."""
-    from edgeres.latency import measure_latency, write_latency
-
-    peers = ["artifact"]
-    for v in vs or ["onnxruntime"]:
-        if v == "onnxruntime":
-            peers += ["onnxruntime-fp32", "onnxruntime-int8"]
-        elif v == "torch":
-            peers.append("torch")
-        else:
-            raise UsageError(f"unknown --vs {v!r}; choose onnxruntime or torch")
-    res = measure_latency(bundle, peers, batch_size=batch_size, repeats=repeats)
-    if json_out:
-        write_latency(json_out, res, bundle=bundle, batch_size=batch_size, repeats=repeats)
-    t = Table(title=f"latency, batch {batch_size} (median ms)")
-    t.add_column("runner")
-    t.add_column("ms", justify="right")
-    t.add_column("vs artifact", justify="right")
-    base = res.get("artifact")
-    for k, v in res.items():
-        t.add_row(k, f"{v:.3f}", f"{v / base:.2f}x" if base else "-")
-    console.print(t)
-
-
-@app.command(name="make-data")
-def make_data(
-    out: Path = typer.Argument(..., help="Directory to write DIR/train/<class>/*.png and DIR/val/<class>/*.png."),
-    train_per_class: int = typer.Option(500, "--train-per-class"),
-    val_per_class: int = typer.Option(100, "--val-per-class"),
-    seed: int = typer.Option(0, "--seed"),
-):
-    """Write the built-in data set as an ImageFolder tree (to try the DIR-based commands)."""
-    from edgeres.data.builtin import write_image_folder
-
-    write_image_folder(out, train_per_class, val_per_class, seed=seed)
-    console.print(f"[green]wrote[/green] {out}/train and {out}/val")
-
-
-@app.command()
 def quickstart(
     workdir: Path = typer.Option(Path("edgeres-quickstart"), "--workdir", help="Where the checkpoint and bundle go."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs (default: the quick recipe's)."),
-    target: str = typer.Option("x86-64-host", "--target"),
+    target: str = typer.Option("x86-64-host", "--target", help="Target to compile for."),
+    force: bool = Force,
 ):
     """Train ResNet-20 on built-in data, compile INT8 with TVM for this CPU, validate, and print the table."""
     from edgeres.quickstart import run_quickstart
 
-    res = run_quickstart(workdir, epochs=epochs, target=target, log=console.print)
+    res = run_quickstart(workdir, epochs=epochs, target=target, log=console.print, force=force)
     console.print(report_table(res.report, title="edgeres quickstart: ResNet-20 on the built-in data"))
     t = Table(title="time per stage (s)")
     t.add_column("stage")
@@ -358,11 +289,14 @@ def quickstart(
     for k, v in res.latency_ms.items():
         lt.add_row(k, f"{v:.3f}")
     console.print(lt)
-    console.print(f"bundle: {res.bundle}   try: edgeres run {res.bundle} IMAGE.png")
+    console.print(f"bundle: {res.bundle}", soft_wrap=True)
+    console.print(f"try: edgeres run {res.bundle} {res.samples[0]}   (or the folder {res.samples[0].parent})",
+                  soft_wrap=True, highlight=False)
 
 
-from edgeres import cli_debug, cli_deploy, cli_report, cli_tune  # noqa: E402
+from edgeres import cli_debug, cli_deploy, cli_report, cli_run, cli_tune  # noqa: E402
 
+cli_run.register(app, console)
 cli_quantize.register(app, console)
 cli_debug.register(app, console)
 cli_tune.register(app, console)
@@ -374,10 +308,35 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     return f"warning: {message}\n"
 
 
+_METAVARS = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "Path": "PATH", "bool": ""}
+
+
+def _readable_metavars(command) -> None:  # noqa: ANN001 - a click command or group
+    """Help shows TEXT/INTEGER/PATH (not Typer's <str>, <list[Path]>), flags none, arguments their name."""
+    help_option = command.get_help_option(command.context_class(command))
+    if help_option is not None:
+        help_option.metavar = ""
+    for param in getattr(command, "params", ()):
+        if param.param_type_name == "argument":
+            param.metavar = param.metavar or param.name.upper()
+            param.display_type_rich = lambda ctx=None: None  # the name column already says what it is
+            continue
+        if param.metavar is not None:
+            continue
+        bare = param.bare_type() if hasattr(param, "bare_type") else "str"
+        if bare.startswith("list[") and bare.endswith("]"):
+            bare = bare[5:-1]  # a repeatable option: its element type
+        param.metavar = _METAVARS.get(bare, bare.upper())
+    for sub in getattr(command, "commands", {}).values():
+        _readable_metavars(sub)
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     warnings.formatwarning = _one_line_warning
+    command = typer.main.get_command(app)
+    _readable_metavars(command)
     try:
-        app(args=argv, prog_name="edgeres")
+        rc = command.main(args=argv, prog_name="edgeres", standalone_mode=False)
     except EdgeresError as e:
         err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
@@ -389,9 +348,22 @@ def main(argv: Optional[List[str]] = None) -> None:
         command = next((a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("-")), "this command")
         err.print(f"error: {torch_missing_message(f'edgeres {command}')}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except _ClickException as e:  # bad usage Typer/click caught: unknown option, bad value, missing argument
+        if type(e).__name__ == "NoArgsIsHelpError":
+            e.show()
+            sys.exit(e.exit_code)
+        ctx = getattr(e, "ctx", None)
+        where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        err.print(f"error: {' '.join(e.format_message().split())}{where}", markup=False, highlight=False,
+                  soft_wrap=True)
+        sys.exit(e.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
         err.print("interrupted")
         sys.exit(130)
+    except BrokenPipeError:  # `edgeres ... | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    sys.exit(rc if isinstance(rc, int) else 0)
 
 
 if __name__ == "__main__":

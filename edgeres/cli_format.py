@@ -1,17 +1,36 @@
-"""What the CLI commands share: the accuracy table, percentages, ``--option key=value`` parsing."""
+"""What the CLI commands share: consoles, the accuracy table, percentages, ``--option key=value``
+parsing, ``--force``, image arguments, the random-weights warning."""
 
 from __future__ import annotations
 
 import json
+import os
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
+import typer
 from rich.console import Console
 from rich.table import Table
 
-from edgeres.errors import UsageError
+from edgeres.errors import EdgeresError, InputError, UsageError
 
-console = Console()
+#: Width of piped output (no terminal, no $COLUMNS): wide enough that no path or message is cut mid-line.
+PIPED_WIDTH = 1000
+
+
+def make_console(stderr: bool = False) -> Console:
+    """A rich console; without a terminal (and without $COLUMNS) lines are never wrapped."""
+    c = Console(stderr=stderr)
+    if not c.is_terminal and not os.environ.get("COLUMNS"):
+        c = Console(stderr=stderr, width=PIPED_WIDTH)
+    return c
+
+
+console = make_console()
+
+Force = typer.Option(False, "--force", help="Replace an existing output file or symlink edgeres did not write "
+                     "(a folder holding files edgeres did not write is never replaced).")
 
 
 def parse_options(items: Optional[List[str]]) -> dict:
@@ -77,3 +96,44 @@ def print_bundle_report(bundle: Path) -> None:
     path = Path(bundle) / REPORT
     if path.is_file():
         console.print(any_report_table(report_from_dict(json.loads(path.read_text()))))
+
+
+def expand_images(paths: List[Path]) -> List[Path]:
+    """Image arguments: files as given, a folder as its images (recursively, sorted)."""
+    from edgeres.data.folder import list_images
+
+    out: List[Path] = []
+    for p in paths:
+        if p.is_dir():
+            images, others = list_images(p)
+            if not images:
+                hint = f" (it holds {len(others)} other files)" if others else ""
+                raise InputError(f"folder {p} holds no images{hint}; pass image files (.png, .jpg, ...) or a folder "
+                                 "of them")
+            out += images
+        else:
+            out.append(p)
+    return out
+
+
+def warn_random_weights(bundle: Path) -> None:
+    """Warn (one line) when ``bundle`` was compiled from ``--weights random``."""
+    from edgeres.bundle import load_bundle
+
+    try:
+        b = load_bundle(bundle, verify=False)
+    except EdgeresError:
+        return  # the command itself reports what is wrong with the bundle
+    if b.random_weights:
+        warnings.warn(f"bundle {bundle} was compiled with --weights random: its predictions and accuracy mean "
+                      "nothing (use it for latency only)", UserWarning, stacklevel=2)
+
+
+def speed_vs(ms: float, base_ms: float | None) -> str:
+    """How ``ms`` compares with ``base_ms``: '1.45x slower', '2.10x faster', 'same'."""
+    if not base_ms or not ms:
+        return "-"
+    ratio = ms / base_ms
+    if abs(ratio - 1.0) < 0.005:
+        return "same"
+    return f"{ratio:.2f}x slower" if ratio > 1 else f"{1 / ratio:.2f}x faster"

@@ -11,6 +11,7 @@ from typing import Any, List, Optional
 
 import typer
 
+from edgeres.cli_format import Force
 from edgeres.errors import UsageError
 
 MethodOpt = typer.Option(None, "--method", help="auto (default: the best of the four on held-out calibration "
@@ -18,8 +19,8 @@ MethodOpt = typer.Option(None, "--method", help="auto (default: the best of the 
 PercentileOpt = typer.Option(None, "--percentile", help="For --method percentile (default 99.99).")
 NumCalibOpt = typer.Option(None, "--num-calib", help="Calibration images to use (default 512).")
 PerChannelOpt = typer.Option(None, "--per-channel/--per-tensor", help="Weight scales (default: per channel).")
-BiasOpt = typer.Option(None, "--bias-correction/--no-bias-correction",
-                       help="Correct each layer's output mean shift (default: where it helps on held-out images).")
+BiasOpt = typer.Option(None, "--bias-correction", help="Correct each layer's output mean shift: auto (default: "
+                       "where it helps on held-out images) | on | off.")
 EqualizeOpt = typer.Option(None, "--equalize/--no-equalize", help="Cross-layer equalization before calibration.")
 ExcludeOpt = typer.Option(None, "--exclude", help="Keep this layer (ONNX node name) in float; repeatable.")
 QatDataOpt = typer.Option(None, "--qat-data", help="Training images: fine-tune with quantization-aware training "
@@ -40,13 +41,12 @@ def qat_from_cli(data: Optional[str], epochs: Optional[int]):
 
 def options_from_cli(target: Any = None, *, method: Optional[str] = None, percentile: Optional[float] = None,
                      num_calib: Optional[int] = None, per_channel: Optional[bool] = None,
-                     bias_correction: Optional[bool] = None, equalize: Optional[bool] = None, **more: Any):
+                     bias_correction: Optional[str] = None, equalize: Optional[bool] = None, **more: Any):
     """The one :class:`~edgeres.quantize.options.QuantOptions` of a command (None = the default)."""
     from edgeres.quantize.options import quant_options
 
-    bc = None if bias_correction is None else ("on" if bias_correction else "off")
     return quant_options(target, method=method, percentile=percentile, num_calib=num_calib,
-                         per_channel=per_channel, bias_correction=bc, equalize=equalize, **more)
+                         per_channel=per_channel, bias_correction=bias_correction, equalize=equalize, **more)
 
 
 def register(app: typer.Typer, console) -> None:  # noqa: ANN001
@@ -69,22 +69,30 @@ def _register_quantize(app: typer.Typer, console) -> None:  # noqa: ANN001
             None, "--reduce-range/--full-range", help="7-bit weights, for x86 CPUs without VNNI (as ONNX Runtime's "
             "reduce_range); default 8-bit"),
         form: Optional[str] = typer.Option(None, "--form", help="Q/DQ form: cpu (default; ONNX Runtime/TVM) | tensorrt"),
-        bias_correction: Optional[bool] = BiasOpt,
+        bias_correction: Optional[str] = BiasOpt,
         equalize: Optional[bool] = EqualizeOpt,
         exclude: Optional[List[str]] = ExcludeOpt,
-        calib_cache: Optional[Path] = typer.Option(None, "--calib-cache", help="Reuse (or write) a calibration cache."),
+        calib_cache: Optional[Path] = typer.Option(
+            None, "--calib-cache", help="Calibration cache JSON: reused when it exists (same model and data), "
+            "written there otherwise (default: OUT with .calib.json)."),
         val: Optional[str] = typer.Option(None, "--val", help="Labelled images: fall back sensitive layers to meet --max-drop."),
         max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Top-1 points allowed with --val (default 1.0)."),
-        val_limit: Optional[int] = typer.Option(None, "--val-limit"),
+        val_limit: Optional[int] = typer.Option(None, "--val-limit", help="Use at most this many --val images."),
         qat_checkpoint: Optional[Path] = typer.Option(None, "--qat-checkpoint", help="The edgeres checkpoint the "
                                                       "ONNX was exported from (trainable source for --qat-data)."),
         qat_data: Optional[str] = QatDataOpt,
         qat_epochs: Optional[int] = QatEpochsOpt,
+        force: bool = Force,
     ):
         """Quantize an ONNX model to explicit Q/DQ INT8 with calibration images."""
         from edgeres.export import onnx_source
+        from edgeres.outputs import check_calib_cache, check_file_output
         from edgeres.pipeline import open_calibration, open_data
         from edgeres.quant_stage import describe_quantization, quantize_stage
+
+        check_file_output(out, "--out", force=force)
+        cache = calib_cache or out.with_suffix(".calib.json")
+        check_calib_cache(cache, "--calib-cache" if calib_cache else "the calibration cache")
 
         opts = options_from_cli(method=method, percentile=percentile, num_calib=num_calib, per_channel=per_channel,
                                 bias_correction=bias_correction, equalize=equalize, form=form,
@@ -99,9 +107,8 @@ def _register_quantize(app: typer.Typer, console) -> None:  # noqa: ANN001
                              "quantize without --val and compare the outputs with `edgeres validate --min-cosine`")
         qat = qat_from_cli(qat_data, qat_epochs)
         source = _qat_source(qat, qat_checkpoint, val)
-        batches, fingerprint = open_calibration(calib, src.preprocessing, opts.num_calib)
+        batches, fingerprint = open_calibration(calib, src.preprocessing, opts.num_calib, progress=True)
         val_ds = open_data(val, "val", src.preprocessing, limit=val_limit) if val else None
-        cache = calib_cache or out.with_suffix(".calib.json")
         res, fb = quantize_stage(onnx_path, out, batches, fingerprint, options=opts, cache_path=cache,
                                  exclude=tuple(exclude or ()), val_ds=val_ds, qat=qat, source=source,
                                  max_drop=(1.0 if max_drop is None else max_drop) if val_ds is not None else None,
@@ -146,34 +153,45 @@ def _register_sensitivity(app: typer.Typer, console) -> None:  # noqa: ANN001
         form: Optional[str] = typer.Option(None, "--form", help="Q/DQ form: cpu (default) | tensorrt"),
         reduce_range: Optional[bool] = typer.Option(
             None, "--reduce-range/--full-range", help="7-bit weights, for x86 CPUs without VNNI (default 8-bit)"),
-        bias_correction: Optional[bool] = BiasOpt,
+        bias_correction: Optional[str] = BiasOpt,
         equalize: Optional[bool] = EqualizeOpt,
         mode: str = typer.Option("fp32-one", "--mode", help="fp32-one: INT8 but this layer | int8-one: only this layer INT8"),
         num_calib: Optional[int] = NumCalibOpt,
-        val_limit: Optional[int] = typer.Option(500, "--val-limit"),
-        calib_cache: Optional[Path] = typer.Option(None, "--calib-cache"),
-        json_out: Optional[Path] = typer.Option(None, "--json"),
+        val_limit: Optional[int] = typer.Option(500, "--val-limit", help="Use at most this many --val images."),
+        calib_cache: Optional[Path] = typer.Option(None, "--calib-cache", help="Calibration cache JSON (reused or written)."),
+        json_out: Optional[Path] = typer.Option(None, "--json", help="Write the per-layer table as JSON."),
         plot: Optional[Path] = typer.Option(None, "--plot", help="Bar plot (PNG)."),
         top: int = typer.Option(20, "--top", help="Rows to print."),
+        force: bool = Force,
     ):
         """Per-layer INT8 sensitivity: effect on output error and top-1 of each layer's quantization."""
         from edgeres.data import iter_batches
         from edgeres.export import onnx_source
+        from edgeres.outputs import check_calib_cache, check_file_output
         from edgeres.pipeline import EVAL_BATCH, open_calibration, open_data
+        from edgeres.progress import stage
         from edgeres.quantize.sensitivity import analyze
 
         opts = options_from_cli(method=method, num_calib=num_calib, bias_correction=bias_correction,
                                 equalize=equalize, form=form, reduce_range=reduce_range)
+        for path, option in ((json_out, "--json"), (plot, "--plot")):
+            if path is not None:
+                check_file_output(path, option, force=force)
+        if calib_cache is not None:
+            check_calib_cache(calib_cache)
         src = onnx_source(onnx_path)
         if src.task.is_features:
             raise UsageError(f"{onnx_path} is a feature extractor: sensitivity ranks layers by top-1 on labelled "
                              "images, which needs a classifier")
         if calib is None and (calib_cache is None or not calib_cache.is_file()):
             raise UsageError("pass --calib DIR (calibration images) or an existing --calib-cache FILE")
-        batches, fingerprint = open_calibration(calib, src.preprocessing, opts.num_calib)
+        batches, fingerprint = open_calibration(calib, src.preprocessing, opts.num_calib, progress=True)
         vds = open_data(val, "val", src.preprocessing, limit=val_limit)
-        rep = analyze(onnx_path, batches, lambda: iter_batches(vds, EVAL_BATCH), data_fingerprint=fingerprint,
-                      options=opts, cache_path=calib_cache, mode=mode)
+        with stage("sensitivity", None, "layers") as bar:
+            rep = analyze(onnx_path, batches, lambda: iter_batches(vds, EVAL_BATCH), data_fingerprint=fingerprint,
+                          options=opts, cache_path=calib_cache, mode=mode,
+                          progress=lambda i, n, name: bar.update(i, n, name))
+            bar.update(bar.total or 0, bar.total)
         console.print(rep.table(limit=top))
         if json_out:
             rep.write_json(json_out)

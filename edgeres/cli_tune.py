@@ -26,13 +26,17 @@ def register(app: typer.Typer, console) -> None:  # noqa: ANN001
         option: Optional[List[str]] = typer.Option(None, "--option",
                                                    help="TVM backend option key=value, as for compile (layout=NCHW, conv=topi)."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+        force: bool = typer.Option(False, "--force", help="Add to a --db folder that is not an edgeres tuning "
+                                   "database (nothing in it is deleted)."),
     ):
         """Tune a model's TVM kernels with MetaSchedule; compile applies the database with --tuning-db DIR."""
         from edgeres.cli_format import parse_options
+        from edgeres.outputs import check_dir_output
         from edgeres.export import OnnxSource, export_onnx, resolve_source
         from edgeres.targets import get_target
         from edgeres.backends.tvm.tuning import parse_duration, tune
 
+        check_dir_output(db, "--db", kind="tuning-db", force=force, adds=True)
         budget = parse_duration(time_budget) if time_budget else None
         tgt = get_target(target)
         p = Path(source)

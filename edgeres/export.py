@@ -51,6 +51,7 @@ class OnnxSource:
     preprocessing: Preprocessing
     model_name: str
     task: Task = Task()
+    random_weights: bool = False  # exported from ``--weights random`` (edgeres metadata says so)
 
 
 def resolve_onnx_task(model: Any, path: str | os.PathLike, task: str | None) -> Task:
@@ -70,9 +71,20 @@ def resolve_onnx_task(model: Any, path: str | os.PathLike, task: str | None) -> 
     return features_from_graph(model, str(path)) if kind == FEATURES else Task(CLASSIFY)
 
 
+def load_onnx(path: str | os.PathLike, task: str | None = None) -> Any:
+    """Load and check an ONNX file for ``task`` (None: the file's own record, else classify); one-line
+    InputError when missing, corrupt or not one (a classifier: one NCHW image input, one (N, classes)
+    output)."""
+    from edgeres.onnx_io import load_model
+
+    model = load_model(path, check=True)
+    check_onnx_task(model, path, resolve_onnx_task(model, path, task).kind)
+    return model
+
+
 def check_onnx_task(model: Any, path: str | os.PathLike, kind: str) -> None:
     """InputError when the graph's inputs/outputs do not fit ``kind``."""
-    from edgeres.onnx_io import graph_io
+    from edgeres.onnx_io import check_outputs, graph_io
 
     io = graph_io(model)
     if kind == FEATURES:
@@ -80,10 +92,13 @@ def check_onnx_task(model: Any, path: str | os.PathLike, kind: str) -> None:
             raise InputError(f"{path} must have one image input and at least one feature output; it has "
                              f"{len(io.inputs)} inputs and {len(io.outputs)} outputs")
         return
-    if len(io.inputs) != 1 or len(io.outputs) != 1:
-        raise InputError(f"{path} must have one image input and one logits output; it has "
-                         f"{len(io.inputs)} inputs and {len(io.outputs)} outputs"
-                         + ("; for a feature extractor pass --task features" if len(io.outputs) > 1 else ""))
+    if len(io.inputs) != 1:
+        raise InputError(f"{path} must have one image input; it has {len(io.inputs)} inputs "
+                         f"{[i.name for i in io.inputs]}")
+    if len(io.outputs) > 1:
+        raise InputError(f"{path} has {len(io.outputs)} outputs {[o.name for o in io.outputs]}; an image "
+                         "classifier has one, the (N, classes) logits — for a feature extractor pass --task features")
+    check_outputs(model, str(path), CLASSIFY)
 
 
 def onnx_input_info(model: Any) -> tuple[str, list[int | str]]:
@@ -130,11 +145,17 @@ def onnx_source(path: str | os.PathLike, preprocessing: Preprocessing | None = N
             "edgeres.preprocessing.write_onnx_preprocessing (README: Preprocessing travels with the model).",
             stacklevel=2,
         )
-    name = "onnx"
+    name, random_weights = "onnx", False
     for prop in model.metadata_props:
         if prop.key == MODEL_METADATA_KEY:
-            name = json.loads(prop.value).get("name", name)
-    return OnnxSource(Path(path), pre, name, tsk)
+            try:
+                record = json.loads(prop.value)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                name = str(record.get("name", name))
+                random_weights = record.get("weights") == "random"
+    return OnnxSource(Path(path), pre, name, tsk, random_weights)
 
 
 def resolve_source(source: str, weights: str | None = None, *, task: str | None = None,
@@ -163,8 +184,9 @@ def resolve_source(source: str, weights: str | None = None, *, task: str | None 
     info = get_model_info(source)  # raises ModelNotFound with suggestions
     if weights is None:
         raise UsageError(
-            f"{source} needs weights: train them (edgeres train {source} --data DIR --out runs/{source}.pt), "
-            f"pass a torchvision-format file with --weights FILE.pth, or --weights random for latency tests only"
+            f"{source} needs weights (edgeres downloads nothing): pass a torchvision/timm-format file with --weights "
+            f"FILE.pth, train them (edgeres train {source} --data builtin --out runs/{source}.pt, or --data a folder "
+            f"from `edgeres make-data data/shapes`), or --weights random to measure latency only"
         )
     if weights == "random":
         from edgeres.models import create_model
@@ -249,7 +271,10 @@ def export_onnx(
     write_onnx_task(proto, task_rec)
     entry = proto.metadata_props.add()
     entry.key = MODEL_METADATA_KEY
-    entry.value = json.dumps({"name": loaded.name, "model_kwargs": loaded.model_kwargs, "source": loaded.source})
+    record = {"name": loaded.name, "model_kwargs": loaded.model_kwargs, "source": loaded.source}
+    if loaded.meta.get("weights") == "random":
+        record["weights"] = "random"  # marked, so that bundles and users know its outputs mean nothing
+    entry.value = json.dumps(record)
     proto.producer_name = "edgeres"
     proto.producer_version = __version__
     onnx.checker.check_model(proto)

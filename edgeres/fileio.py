@@ -9,7 +9,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 
 def _umask() -> int:
@@ -36,20 +36,35 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def _remove(path: Path) -> None:
+    """Delete ``path``: a folder with its contents, a file, or a symlink (never what it points to)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
 @contextlib.contextmanager
-def atomic_dir(dest: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary directory beside ``dest``; it replaces ``dest`` only if the block succeeds."""
+def atomic_dir(dest: str | os.PathLike, check: Callable[[Path], Any] | None = None) -> Iterator[Path]:
+    """Yield a temporary directory beside ``dest``; it replaces ``dest`` only if the block succeeds.
+
+    ``check(dest)``, when given, runs again right before the swap and may raise to keep ``dest``
+    (e.g. :func:`edgeres.outputs.check_dir_output`: something appeared there during the work).
+    """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())
-        if dest.exists():
+        if check is not None:
+            check(dest)
+        if dest.exists() or dest.is_symlink():
             old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
             os.replace(dest, old)
             os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
         else:
             os.replace(tmp, dest)
     finally:

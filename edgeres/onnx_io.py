@@ -40,10 +40,14 @@ def load_with_data_files(path: str | os.PathLike, *, external_data: bool = True,
     if not p.is_file():
         what = "is a directory, not an ONNX file" if p.is_dir() else "does not exist"
         raise InputError(f"ONNX model {p} {what}; check the path")
+    if p.stat().st_size == 0:
+        raise InputError(f"ONNX model {p} is an empty file; re-export it (edgeres export)")
     try:
         model = onnx.load(str(p), load_external_data=False)
     except Exception as e:  # noqa: BLE001 - protobuf DecodeError and friends
         raise InputError(f"{p} is not a valid ONNX model ({_reason(e)}); re-export it (edgeres export)") from e
+    if not model.graph.node and not model.graph.output:  # protobuf reads many non-ONNX files as empty messages
+        raise InputError(f"{p} is not an ONNX model (it holds no graph); re-export it (edgeres export)")
     files = external_data_files(model, p)
     if external_data:
         missing = [f for f in files if not f.is_file()]
@@ -137,6 +141,42 @@ def image_input(model: Any, label: str = "the model", *, static_chw: bool = Fals
         raise InputError(f"{label} input {inp.name!r} has symbolic dims {list(inp.dims[1:])} besides the batch; "
                          "export it with a fixed C, H, W")
     return inp
+
+
+#: What a model computes: ``classify`` (one (N, classes) logits output) is the only task checked here;
+#: other tasks (e.g. feature extractors) define their own output rules.
+TASKS = ("classify",)
+
+
+def _output_dims(model: Any) -> list[tuple[int | str, ...] | None]:
+    """Dims of each graph output (None where the file gives no shape and inference cannot tell)."""
+    outs = graph_io(model).outputs
+    if all(o.dims for o in outs):
+        return [o.dims for o in outs]
+    try:
+        import onnx
+
+        inferred = graph_io(onnx.shape_inference.infer_shapes(model)).outputs
+    except Exception:  # noqa: BLE001 - inference is best effort; the declared dims stay
+        inferred = outs
+    return [o.dims or i.dims or None for o, i in zip(outs, inferred)]
+
+
+def check_outputs(model: Any, label: str = "the model", task: str = "classify") -> None:
+    """Refuse a model whose outputs do not fit ``task``: a classifier has one (N, classes) output.
+
+    Other tasks are checked by the code that handles them (nothing is checked here for them).
+    """
+    if task != "classify":
+        return
+    outs = graph_io(model).outputs
+    if len(outs) != 1:
+        raise InputError(f"{label} has {len(outs)} outputs {[o.name for o in outs]}; an image classifier has one "
+                         "output, the (N, classes) logits — export the classifier, not a multi-output graph")
+    dims = _output_dims(model)[0]
+    if dims is not None and len(dims) != 2:
+        raise InputError(f"{label} output {outs[0].name!r} has shape {list(dims)}, not (N, classes): it is not an "
+                         "image classifier (a feature map or detection output?); edgeres compiles classifiers")
 
 
 def op_counts(model: Any) -> dict[str, int]:

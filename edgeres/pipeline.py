@@ -15,7 +15,7 @@ from edgeres.bundle import (
     ARTIFACT_DIR, CALIB_CACHE, FP32_ONNX, INT8_ONNX, LABELS, REPORT, Bundle, load_bundle, write_manifest,
 )
 from edgeres.errors import AccuracyRegression, UsageError
-from edgeres.evaluate import EVAL_BATCH, AccuracyReport, compare
+from edgeres.evaluate import EVAL_BATCH, compare
 from edgeres.fileio import atomic_dir, sha256_file, write_json
 from edgeres.preprocessing import Preprocessing
 from edgeres.quant_stage import check_qat, check_quant_options, log_quantized, quantize_into
@@ -45,27 +45,56 @@ def resolve_precision(target: Target, precision: str | None) -> str:
     return p
 
 
+def preflight(target: str | Target, precision: str | None = None, backend_options: dict[str, Any] | None = None,
+              targets_dirs: tuple[str, ...] = ()) -> tuple[Target, str, Any]:
+    """(target, precision, backend) for a compile, checked without any work: the target exists, it
+    supports the precision, the backend and its toolchain are installed."""
+    from edgeres.backends import get_backend
+
+    tgt = target if isinstance(target, Target) else get_target(target, targets_dirs)
+    prec = resolve_precision(tgt, precision)
+    backend = get_backend(tgt.backend, require=False)
+    backend.preflight(tgt, prec, backend_options)  # a missing backend fails here, before any work
+    return tgt, prec, backend
+
+
 def open_data(spec: str, split: str, pre: Preprocessing, *, limit: int | None, allow_unlabelled: bool = False):
     """Open ``spec`` with the model's preprocessing. Labels are matched to the model's classes by
-    name, except for calibration, which needs images only (any folder of images will do)."""
-    from edgeres.data import open_dataset
+    name, except for calibration, which needs images only (any folder of images will do). Data that
+    does not fit the model (image size, class count) gives a warning."""
+    import warnings
+
+    from edgeres.data import DataWarning, open_dataset
+    from edgeres.data.fit import fit_warning
 
     names = None if split == "calib" else (pre.class_names or None)
-    return open_dataset(spec, split, pre, class_names=names, limit=limit, allow_unlabelled=allow_unlabelled)
+    ds = open_dataset(spec, split, pre, class_names=names, limit=limit, allow_unlabelled=allow_unlabelled)
+    data_classes = len(ds.class_names) if names is None and ds.labelled else None
+    note = fit_warning(ds, pre, "calibration" if split == "calib" else "validation", data_classes)
+    if note:
+        warnings.warn(note, DataWarning, stacklevel=2)
+    return ds
 
 
-def open_calibration(calib: str | None, pre: Preprocessing, num_calib: int,
-                     batch_size: int = 32) -> tuple[Callable[[], Any] | None, str | None]:
+def open_calibration(calib: str | None, pre: Preprocessing, num_calib: int, batch_size: int = 32, *,
+                     progress: bool = False) -> tuple[Callable[[], Any] | None, str | None]:
     """(zero-arg callable yielding calibration batches, data fingerprint), or (None, None) without
-    ``calib`` (a calibration cache must then supply the ranges)."""
+    ``calib`` (a calibration cache must then supply the ranges). ``progress``: each pass over the
+    batches shows a progress bar (see :mod:`edgeres.progress`)."""
     from edgeres.data import iter_batches
+    from edgeres.progress import track
 
     if num_calib < 1:
         raise UsageError("--num-calib must be at least 1")
     if not calib:
         return None, None
     ds = open_data(calib, "calib", pre, limit=num_calib, allow_unlabelled=True)
-    return (lambda: (x for x, _ in iter_batches(ds, batch_size))), ds.fingerprint()
+
+    def batches() -> Any:
+        xs = (x for x, _ in iter_batches(ds, batch_size))
+        return track(xs, "calibrating", len(ds), "images", count=len, enabled=progress)
+
+    return batches, ds.fingerprint()
 
 
 def export_stage(source: Any, dest: Path, preprocessing: Preprocessing | None = None, *, task: str | None = None,
@@ -88,11 +117,13 @@ def export_stage(source: Any, dest: Path, preprocessing: Preprocessing | None = 
         write_onnx_preprocessing(proto, source.preprocessing)
         write_onnx_task(proto, source.task)
         onnx.save(proto, str(dest))
-        return (source.preprocessing, source.model_name,
-                {"source": str(source.path), "sha256": sha256_file(source.path)}, source.task)
+        info = {"source": str(source.path), "sha256": sha256_file(source.path),
+                "random_weights": source.random_weights}
+        return source.preprocessing, source.model_name, info, source.task
     res = export_onnx(source, dest, task=task, features=features)
     info = {"source": source.source, "max_abs_diff": res.max_abs_diff, "logit_scale": res.logit_scale,
-            "opset": res.opset, "seconds": round(res.seconds, 3)}
+            "opset": res.opset, "seconds": round(res.seconds, 3),
+            "random_weights": source.meta.get("weights") == "random"}
     if source.source and Path(source.source).is_file():
         info["sha256"] = sha256_file(source.source)
     return res.preprocessing, res.model_name, info, res.task
@@ -120,11 +151,16 @@ def compile_bundle(
     task: str | None = None,
     features: Any = None,
     min_cosine: float | None = None,
+    force: bool = False,
+    progress: bool = False,
 ) -> CompileResult:
     """Compile ``source`` for ``target`` into the bundle directory ``out`` (atomically).
 
-    Everything that can be checked without work is checked first (target, precision, the
-    backend and its toolchain, the model source, calibration inputs). Raises
+    Everything that can be checked without work is checked first (the output paths, target,
+    precision, the backend and its toolchain, the model source, calibration inputs). ``out`` may
+    be absent, empty or an edgeres bundle (a file or symlink there needs ``force``; a folder
+    holding anything edgeres did not write is never replaced). ``progress``: show progress bars
+    for calibration and validation (one line per stage without a terminal). Raises
     AccuracyRegression (exit 1) after writing the bundle when validation on ``val`` breaks
     ``max_drop`` (default: the target's threshold). ``task="features"`` compiles the backbone's
     stage outputs ``features`` (see :mod:`edgeres.task`); ``val`` then needs images only and the
@@ -134,16 +170,18 @@ def compile_bundle(
     ``qat`` (:class:`~edgeres.training.qat.QatOptions`) allows quantization-aware fine-tuning
     when the ``max_drop`` bound cannot be met otherwise.
     """
+    from edgeres.outputs import check_dir_output
+
+    out = check_dir_output(out, "--out", kind="bundle", force=force)
     tgt, prec, backend, src = _preflight(source, target, precision, weights, calib, calib_cache, backend_options,
                                          targets_dirs, task=task, features=features)
     quant = check_quant_options(tgt, quant)
     if qat is not None:
         check_qat(src, prec, val, fallback)
-    out = Path(out)
     threshold = max_drop if max_drop is not None else tgt.max_drop
     timings: dict[str, float] = {}
     notes: list[str] = []
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, check=lambda p: check_dir_output(p, "--out", kind="bundle", force=force)) as tmp:
         t = time.perf_counter()
         pre, model_name, export_info, task_rec = export_stage(src, tmp / FP32_ONNX, task=task, features=features)
         timings["export"] = time.perf_counter() - t
@@ -153,7 +191,7 @@ def compile_bundle(
         deploy_onnx, quant_info = tmp / FP32_ONNX, None
         if prec == "int8":
             t = time.perf_counter()
-            batches, fingerprint = open_calibration(calib, pre, quant.num_calib)
+            batches, fingerprint = open_calibration(calib, pre, quant.num_calib, progress=progress)
             quant_info = quantize_into(tmp / FP32_ONNX, tmp / INT8_ONNX, tmp / CALIB_CACHE, tgt, quant,
                                        batches=batches, fingerprint=fingerprint, calib=calib, calib_cache=calib_cache,
                                        exclude=exclude, val_ds=val_ds if fallback and not task_rec.is_features else None,
@@ -168,7 +206,7 @@ def compile_bundle(
         golden = _write_golden(tmp, pre, prec, backend, deploy_onnx, val_ds=val_ds, calib=calib)
         context = {"model": model_name, "target": tgt.name, "precision": prec, "data": str(val)}
         report = _validate_into(tmp, deploy_onnx, artifact, backend, val_ds, threshold, context, timings,
-                                task=task_rec, min_cosine=min_cosine)
+                                task=task_rec, min_cosine=min_cosine, progress=progress)
         write_manifest(tmp, {
             "model": {"name": model_name, **export_info},
             "task": task_rec.to_dict(),
@@ -197,18 +235,19 @@ def _preflight(source: str, target: str | Target, precision: str | None, weights
                targets_dirs: tuple[str, ...], *, task: str | None = None,
                features: Any = None) -> tuple[Target, str, Any, Any]:
     """(target, precision, backend, model source): everything checked that needs no work."""
-    from edgeres.backends import get_backend
     from edgeres.export import resolve_source
+    from edgeres.outputs import check_calib_cache
 
-    tgt = target if isinstance(target, Target) else get_target(target, targets_dirs)
-    prec = resolve_precision(tgt, precision)
-    backend = get_backend(tgt.backend, require=False)
-    backend.preflight(tgt, prec, backend_options)  # a missing backend fails here, before any work
+    if calib_cache is not None:
+        check_calib_cache(calib_cache)
+    tgt, prec, backend = preflight(target, precision, backend_options, targets_dirs)
     if features is not None and check_task(task) != "features":
         raise UsageError("--features needs --task features")
     src = resolve_source(source, weights, task=task)
     if prec == "int8" and not calib and not calib_cache:
-        raise UsageError("--precision int8 needs calibration images: pass --calib DIR (or --calib-cache FILE)")
+        raise UsageError("--precision int8 needs calibration images: pass --calib DIR (any folder of the model's "
+                         "kind of images, e.g. one `edgeres make-data data/shapes` wrote; `--calib builtin` for the "
+                         "built-in 32x32 set) or an existing --calib-cache FILE, or choose --precision fp32")
     return tgt, prec, backend, src
 
 
@@ -233,13 +272,13 @@ def _compile_stage(backend: Any, tgt: Target, prec: str, deploy_onnx: Path, tmp:
 
 def _validate_into(tmp: Path, deploy_onnx: Path, artifact: Any, backend: Any, val_ds: Any, max_drop: float | None,
                    context: dict[str, Any], timings: dict[str, float], *, task: Task | None = None,
-                   min_cosine: float | None = None) -> Any:
+                   min_cosine: float | None = None, progress: bool = False) -> Any:
     """Validate the bundle being written (when there are validation images) and write its report."""
     if val_ds is None:
         return None
     t = time.perf_counter()
     report = _validate(tmp / FP32_ONNX, deploy_onnx, artifact, backend, val_ds, max_drop, context, task=task,
-                       min_cosine=min_cosine)
+                       min_cosine=min_cosine, progress=progress)
     report.write(tmp / REPORT)
     timings["validate"] = time.perf_counter() - t
     return report
@@ -282,21 +321,26 @@ def _artifact_runner(artifact: Any, backend: Any, deploy_onnx: Path) -> tuple[An
 
 def _validate(fp32_onnx: Path, deploy_onnx: Path, artifact: Any, backend: Any, ds: Any, max_drop: float | None,
               context: dict[str, Any], *, task: Task | None = None, min_cosine: float | None = None,
-              protocol: Any = None) -> Any:
+              protocol: Any = None, progress: bool = False) -> Any:
     """AccuracyReport of the artifact vs FP32 on labelled ``ds`` (under ``protocol``: 10-crop,
     multi-scale; default 1-crop); for a feature extractor, a FeatureReport."""
     from edgeres.backends import reference_runner
     from edgeres.data import iter_batches
+    from edgeres.progress import track
 
     reference = reference_runner(fp32_onnx)
     runner, runner_name = _artifact_runner(artifact, backend, deploy_onnx)
     ctx = {**context, "backend": runner_name, "data_fingerprint": ds.fingerprint()}
     if task is None or not task.is_features:
+        from edgeres.protocols import validate_with_protocol
+
         if protocol is not None and not protocol.plain:
-            return _validate_protocol(fp32_onnx, deploy_onnx, artifact, reference, runner, runner_name, ds,
+            return validate_with_protocol(fp32_onnx, deploy_onnx, artifact, reference, runner, runner_name, ds,
                                       max_drop, ctx, protocol)
         ctx["protocol"] = "1-crop"
-        return compare(reference, runner, iter_batches(ds, EVAL_BATCH), max_drop=max_drop, context=ctx)
+        batches = track(iter_batches(ds, EVAL_BATCH), "validating", len(ds), "images", count=lambda b: len(b[0]),
+                        enabled=progress)
+        return compare(reference, runner, batches, max_drop=max_drop, context=ctx)
     from edgeres.errors import BackendUnavailable
     from edgeres.similarity import DEFAULT_MIN_COSINE, compare_features
 
@@ -310,24 +354,9 @@ def _validate(fp32_onnx: Path, deploy_onnx: Path, artifact: Any, backend: Any, d
                                 task.output_names, min_cosine=gate, context=ctx)
 
 
-def _validate_protocol(fp32_onnx: Path, deploy_onnx: Path, artifact: Any, reference: Any, runner: Any,
-                       runner_name: str, ds: Any, max_drop: float | None, ctx: dict[str, Any],
-                       protocol: Any) -> AccuracyReport:
-    """The paper's evaluation protocols: softmax averaged over crops (and scales)."""
-    from edgeres.onnx_io import graph_io, load_model
-    from edgeres.protocols import averaged, check_dynamic, views
-
-    if protocol.scales:
-        shape = artifact.input_shape if artifact is not None else graph_io(load_model(deploy_onnx)).inputs[0].dims
-        check_dynamic(shape, f"the {runner_name} artifact")
-        check_dynamic(graph_io(load_model(fp32_onnx)).inputs[0].dims, f"the FP32 model {fp32_onnx.name}")
-    ctx["protocol"] = protocol.name
-    return compare(averaged(reference), averaged(runner), views(ds, protocol), max_drop=max_drop, context=ctx)
-
-
 def validate_bundle(bundle: str | os.PathLike | Bundle, data: str, *, max_drop: float | None = None,
                     limit: int | None = None, verify: bool = True, min_cosine: float | None = None,
-                    protocol: Any = None) -> Any:
+                    protocol: Any = None, progress: bool = False) -> Any:
     """Validate a bundle's artifact against its FP32 ONNX on labelled images ``data``.
 
     ``max_drop`` defaults to the bundle target's threshold. A feature extractor's bundle is
@@ -358,16 +387,4 @@ def validate_bundle(bundle: str | os.PathLike | Bundle, data: str, *, max_drop: 
     ctx = {"model": b.manifest["model"]["name"], "target": b.target_name, "precision": b.precision,
            "bundle": str(b.root), "data": str(data)}
     return _validate(b.file("fp32"), b.deploy_onnx, art, backend, ds, threshold, ctx, task=task,
-                     min_cosine=min_cosine, protocol=protocol)
-
-
-def get_target_from_manifest(b: Bundle) -> Target:
-    from edgeres.targets import parse_target
-
-    t = dict(b.manifest["target"])
-    rec = {k: t[k] for k in ("name", "description", "backend", "device", "arch", "precisions",
-                              "default_precision", "qdq_form", "batch_size", "aliases")}
-    rec["reduce_range"] = t.get("reduce_range", False)  # absent from bundles made before the option
-    rec["thresholds"] = {"max_drop": t["max_drop"]}
-    rec[t["backend"]] = t.get("options", {})
-    return parse_target(rec, f"{b.root}/manifest.json")
+                     min_cosine=min_cosine, protocol=protocol, progress=progress)

@@ -10,7 +10,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from edgeres.errors import UsageError
+from edgeres import __version__
 from edgeres.fileio import atomic_path
+
+#: PNG text chunk that marks a plot as written by edgeres (so a later run may replace it).
+PNG_METADATA = {"Software": f"edgeres {__version__}"}
 
 __all__ = ["barh_panels", "error_curves", "short_label", "training_curves"]
 
@@ -73,7 +77,7 @@ def barh_panels(
     if title:
         fig.suptitle(title, fontsize=10)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+        fig.savefig(tmp, format="png", dpi=110, metadata=PNG_METADATA)
     return path
 
 
@@ -119,7 +123,7 @@ def training_curves(path: str | Path, history: Sequence[Mapping[str, float]], *,
     if title:
         fig.suptitle(title, fontsize=10)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+        fig.savefig(tmp, format="png", dpi=100, metadata=PNG_METADATA)
     return path
 
 
@@ -147,5 +151,5 @@ def error_curves(path: str | Path, series: Mapping[str, tuple[Sequence[float], S
     if title:
         ax.set_title(title, fontsize=10)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+        fig.savefig(tmp, format="png", dpi=110, metadata=PNG_METADATA)
     return path

@@ -19,6 +19,7 @@ report's cosine are computed on them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -157,3 +158,18 @@ def check_dynamic(input_shape: Sequence[Any], what: str) -> None:
                      f"{shown} input (shape {list(input_shape)}); multi-scale testing feeds whole images of "
                      "several sizes. Use --crops 10, or compile an ONNX whose input height/width are symbolic for "
                      "a backend that keeps them (onnxruntime)")
+
+
+def validate_with_protocol(fp32_onnx: Path, deploy_onnx: Path, artifact: Any, reference: Any, runner: Any,
+                           runner_name: str, ds: Any, max_drop: float | None, ctx: dict[str, Any],
+                           protocol: Protocol) -> Any:
+    """The paper's evaluation protocols: softmax averaged over crops (and scales)."""
+    from edgeres.evaluate import compare
+    from edgeres.onnx_io import graph_io, load_model
+
+    if protocol.scales:
+        shape = artifact.input_shape if artifact is not None else graph_io(load_model(deploy_onnx)).inputs[0].dims
+        check_dynamic(shape, f"the {runner_name} artifact")
+        check_dynamic(graph_io(load_model(fp32_onnx)).inputs[0].dims, f"the FP32 model {fp32_onnx.name}")
+    ctx["protocol"] = protocol.name
+    return compare(averaged(reference), averaged(runner), views(ds, protocol), max_drop=max_drop, context=ctx)

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from edgeres.errors import UsageError
 from edgeres.evaluate import EVAL_BATCH
+from edgeres.fileio import atomic_path
 from edgeres.quantize.options import QuantOptions
 from edgeres.targets import Target
 
@@ -73,7 +74,8 @@ def quantize_into(fp32: Path, int8: Path, cache_dest: Path, tgt: Target, quant: 
         fallback_precision=tgt.fallback_precision, val_ds=val_ds, max_drop=max_drop, log=log, qat=qat,
         source=source)
     if calib_cache and not Path(calib_cache).is_file():
-        shutil.copyfile(cache_dest, calib_cache)
+        with atomic_path(calib_cache) as tmp_cache:
+            shutil.copyfile(cache_dest, tmp_cache)
     if q.auto.get("why"):
         log(f"calibration: {q.auto['why']}")
     return {**quant.to_record(), "method": q.method, "requested_method": quant.method,

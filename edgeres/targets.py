@@ -102,10 +102,62 @@ _KNOWN = set(_REQUIRED) | {
     "description", "device", "arch", "default_precision", "qdq_form", "reduce_range", "batch_size",
     "aliases", "thresholds", *BACKENDS,
 }
+DEVICES = ("cpu", "cuda", "dla")
+ARCHS = ("x86_64", "aarch64")
+_THRESHOLD_KEYS = ("max_drop",)
+
+
+def _toml_type(value: Any) -> str:
+    """The TOML name of ``value``'s type, for error messages."""
+    if isinstance(value, bool):
+        return "boolean"
+    for kind, name in ((str, "string"), (int, "integer"), (float, "float"), (Mapping, "table"),
+                       ((list, tuple), "array")):
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__
+
+
+class _Fields:
+    """Typed access to one target record; every problem is one line naming the file, the key and
+    the expected type or range."""
+
+    def __init__(self, data: Mapping[str, Any], where: str) -> None:
+        self.data, self.where = data, where
+
+    def bad(self, key: str, expected: str, value: Any) -> InputError:
+        return InputError(f"{self.where}: key '{key}' must be {expected}, got {_toml_type(value)} {value!r}")
+
+    def string(self, key: str, default: str | None = None, choices: tuple[str, ...] = ()) -> str:
+        value = self.data.get(key, default)
+        if not isinstance(value, str) or (key == "name" and not value.strip()):
+            raise self.bad(key, "a non-empty string" if key == "name" else "a string", value)
+        if choices and value not in choices:
+            raise InputError(f"{self.where}: {key} {value!r} is not one of {list(choices)}")
+        return value
+
+    def strings(self, key: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+        value = self.data.get(key, list(default))
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+            raise self.bad(key, "an array of non-empty strings (e.g. [\"a\", \"b\"])", value)
+        if len(set(value)) != len(value):
+            raise InputError(f"{self.where}: key '{key}' lists a value twice: {value!r}")
+        return tuple(value)
+
+    def table(self, key: str) -> Mapping[str, Any]:
+        value = self.data.get(key, {})
+        if not isinstance(value, Mapping):
+            raise self.bad(key, f"a table (a [{key}] section)", value)
+        return value
 
 
 def parse_target(data: Mapping[str, Any], source: str = "<memory>") -> Target:
-    """Validate a target record (the parsed TOML) and return a :class:`Target`."""
+    """Validate a target record (the parsed TOML) and return a :class:`Target`.
+
+    Every field is checked for its type and range; a problem raises one :class:`InputError`
+    line naming the file, the key and what it must be. Backend sections (``[tvm]``,
+    ``[tensorrt]``...) must be tables; their contents are checked by the backend.
+    """
     where = f"target file {source}"
     missing = [k for k in _REQUIRED if k not in data]
     if missing:
@@ -113,42 +165,46 @@ def parse_target(data: Mapping[str, Any], source: str = "<memory>") -> Target:
     unknown = sorted(set(data) - _KNOWN)
     if unknown:
         raise InputError(f"{where} has unknown keys {unknown}; allowed: {sorted(_KNOWN)}")
-    backend = data["backend"]
-    if backend not in BACKENDS:
-        raise InputError(f"{where}: backend {backend!r} is not one of {list(BACKENDS)}")
-    precisions = tuple(data["precisions"])
-    bad = [p for p in precisions if p not in PRECISIONS]
-    if not precisions or bad:
-        raise InputError(f"{where}: precisions must be a non-empty subset of {list(PRECISIONS)}, got {list(precisions)}")
-    default_precision = data.get("default_precision", precisions[0])
+    f = _Fields(data, where)
+    name = f.string("name")
+    backend = f.string("backend", choices=BACKENDS)
+    raw_precisions = data["precisions"]
+    if not isinstance(raw_precisions, (list, tuple)) or not raw_precisions or \
+            not all(isinstance(p, str) and p in PRECISIONS for p in raw_precisions):
+        raise f.bad("precisions", f"a non-empty array, a subset of {list(PRECISIONS)}", raw_precisions)
+    precisions = f.strings("precisions")
+    default_precision = f.string("default_precision", precisions[0])
     if default_precision not in precisions:
         raise InputError(f"{where}: default_precision {default_precision!r} is not in precisions {list(precisions)}")
-    qdq_form = data.get("qdq_form", "tensorrt" if backend == "tensorrt" else "cpu")
-    if qdq_form not in QDQ_FORMS:
-        raise InputError(f"{where}: qdq_form must be one of {list(QDQ_FORMS)}, got {qdq_form!r}")
+    qdq_form = f.string("qdq_form", "tensorrt" if backend == "tensorrt" else "cpu", QDQ_FORMS)
     reduce_range = data.get("reduce_range", False)
     if not isinstance(reduce_range, bool):
-        raise InputError(f"{where}: reduce_range must be true or false, got {reduce_range!r}")
+        raise f.bad("reduce_range", "true or false", reduce_range)
     batch_size = data.get("batch_size", 1)
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"{where}: batch_size must be a positive integer, got {batch_size!r}")
-    thresholds = data.get("thresholds", {})
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise f.bad("batch_size", "a positive integer", batch_size)
+    thresholds = f.table("thresholds")
+    extra = sorted(set(thresholds) - set(_THRESHOLD_KEYS))
+    if extra:
+        raise InputError(f"{where}: [thresholds] has unknown keys {extra}; allowed: {list(_THRESHOLD_KEYS)}")
     max_drop = thresholds.get("max_drop", 1.0)
-    if not isinstance(max_drop, (int, float)) or max_drop < 0:
-        raise InputError(f"{where}: thresholds.max_drop must be a number >= 0, got {max_drop!r}")
+    if isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)) or not 0 <= max_drop <= 100:
+        raise f.bad("thresholds.max_drop", "a number of top-1 points from 0 to 100", max_drop)
+    for b in BACKENDS:
+        f.table(b)
     return Target(
-        name=str(data["name"]),
-        description=str(data.get("description", "")),
+        name=name,
+        description=f.string("description", ""),
         backend=backend,
-        device=str(data.get("device", "cuda" if backend == "tensorrt" else "cpu")),
-        arch=str(data.get("arch", "x86_64")),
+        device=f.string("device", "cuda" if backend == "tensorrt" else "cpu", DEVICES),
+        arch=f.string("arch", "x86_64", ARCHS),
         precisions=precisions,
         default_precision=default_precision,
         qdq_form=qdq_form,
         reduce_range=reduce_range,
         batch_size=batch_size,
         max_drop=float(max_drop),
-        aliases=tuple(str(a) for a in data.get("aliases", ())),
+        aliases=f.strings("aliases"),
         options=_freeze(data.get(backend, {})),
         source=source,
     )
@@ -212,3 +268,14 @@ def get_target(name_or_path: str | os.PathLike, extra_dirs: Iterable[str | os.Pa
     close = difflib.get_close_matches(s, names, n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     raise TargetNotFound(f"unknown target {s!r}.{hint} Run `edgeres targets` to list them, or pass a .toml file.")
+
+
+def get_target_from_manifest(b: Any) -> Target:
+    """The Target a bundle (anything with ``manifest`` and ``root``) was compiled for, from its manifest."""
+    t = dict(b.manifest["target"])
+    rec = {k: t[k] for k in ("name", "description", "backend", "device", "arch", "precisions",
+                              "default_precision", "qdq_form", "batch_size", "aliases")}
+    rec["reduce_range"] = t.get("reduce_range", False)  # absent from bundles made before the option
+    rec["thresholds"] = {"max_drop": t["max_drop"]}
+    rec[t["backend"]] = t.get("options", {})
+    return parse_target(rec, f"{b.root}/manifest.json")

@@ -43,7 +43,7 @@ def test_debug_ranks_the_injected_bad_layer_first_and_bisect_finds_it(ort_bundle
     fixed = tmp_path / "fixed"
     r = cli("compile", json.loads((ort_bundle / "manifest.json").read_text())["model"]["source"], "--target",
             "onnxruntime-cpu", "--precision", "int8", "--calib", "builtin", "--num-calib", "128", "--method", "minmax",
-            "--no-bias-correction", "--exclude", CONV2, "--val", "builtin", "--val-limit", "300", "--max-drop", "1.0",
+            "--bias-correction", "off", "--exclude", CONV2, "--val", "builtin", "--val-limit", "300", "--max-drop", "1.0",
             "--no-fallback", "--out", fixed)
     assert r.returncode == 0, r.stderr[-2000:]
 

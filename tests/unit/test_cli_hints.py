@@ -40,7 +40,7 @@ OTHER_PROGRAMS = {
 def cli_options() -> set[str]:
     """Every long option of every command of the app (``--per-channel`` and ``--per-tensor`` both)."""
     group = typer.main.get_command(app)
-    names: set[str] = set()
+    names: set[str] = {"help"}  # every command has --help (not among its params)
     for command in group.commands.values():
         for param in command.params:
             for opt in (*param.opts, *param.secondary_opts):

@@ -40,13 +40,29 @@ def test_unknown_target_suggests():
     [
         ('name="a"\nbackend="tvm"', "lacks precisions"),
         ('name="a"\nbackend="cuda"\nprecisions=["fp32"]', "backend 'cuda' is not one of"),
-        ('name="a"\nbackend="tvm"\nprecisions=["int4"]', "precisions must be"),
+        ('name="a"\nbackend="tvm"\nprecisions=["int4"]', "key 'precisions' must be"),
         ('name="a"\nbackend="tvm"\nprecisions=["fp32"]\ndefault_precision="int8"', "default_precision"),
         ('name="a"\nbackend="tvm"\nprecisions=["fp32"]\nbogus=1', "unknown keys"),
         ('name="a"\nbackend="tvm"\nprecisions=["fp32"]\nbatch_size=0', "batch_size"),
-        ('name="a"\nbackend="tvm"\nprecisions=["fp32"]\nreduce_range="yes"', "reduce_range must be true or false"),
-        ('name="a"\nbackend="tvm"\nprecisions=["fp32"]\nreduce_range=1', "reduce_range must be true or false"),
+        ('name="a"\nbackend="tvm"\nprecisions=["fp32"]\nreduce_range="yes"', "key 'reduce_range' must be true or false"),
+        ('name="a"\nbackend="tvm"\nprecisions=["fp32"]\nreduce_range=1', "key 'reduce_range' must be true or false, got integer 1"),
         ('name = [', "not valid TOML"),
+        # every field's type and range, named in one line with the expected type
+        ('name="a"\nbackend="tvm"\nprecisions=["fp32"]\nthresholds=1', "key 'thresholds' must be a table"),
+        ('name="a"\nbackend="tvm"\nprecisions=["fp32"]\ntvm=3', "key 'tvm' must be a table .*got integer 3"),
+        ('name="a"\nbackend="tvm"\nprecisions=["fp32"]\ntensorrt="x"', "key 'tensorrt' must be a table"),
+        ('name="a"\nbackend="tvm"\nprecisions=["fp32"]\naliases="abc"', "key 'aliases' must be an array of"),
+        ('name="a"\nbackend="tvm"\nprecisions=["fp32"]\naliases=["b", 3]', "key 'aliases' must be an array of"),
+        ('name="a"\nbackend="tvm"\nprecisions=["fp32"]\n[thresholds]\nmax_drop=-1', "thresholds.max_drop' must be a number"),
+        ('name="a"\nbackend="tvm"\nprecisions=["fp32"]\n[thresholds]\nmax_drop="1"', "got string '1'"),
+        ('name="a"\nbackend="tvm"\nprecisions=["fp32"]\n[thresholds]\nmax_drp=1', "unknown keys \\['max_drp'\\]"),
+        ('name="a"\nbackend="tvm"\nprecisions=["fp32"]\nbatch_size=true', "key 'batch_size' must be a positive integer"),
+        ('name=1\nbackend="tvm"\nprecisions=["fp32"]', "key 'name' must be a non-empty string, got integer 1"),
+        ('name="a"\nbackend="tvm"\nprecisions="fp32"', "key 'precisions' must be a non-empty array"),
+        ('name="a"\nbackend="tvm"\nprecisions=["fp32", "fp32"]', "lists a value twice"),
+        ('name="a"\nbackend="tvm"\nprecisions=["fp32"]\ndescription=3', "key 'description' must be a string"),
+        ('name="a"\nbackend="tvm"\nprecisions=["fp32"]\ndevice="gpu"', "device 'gpu' is not one of"),
+        ('name="a"\nbackend="tvm"\nprecisions=["fp32"]\narch=64', "key 'arch' must be a string"),
     ],
 )
 def test_bad_target_files(tmp_path, body, match):
@@ -94,9 +110,20 @@ def test_reduce_range_per_target():
 def test_reduce_range_survives_the_manifest(tmp_path):
     from types import SimpleNamespace
 
-    from edgeres.pipeline import get_target_from_manifest
+    from edgeres.targets import get_target_from_manifest
 
     t = get_target("x86-64")
     assert get_target_from_manifest(SimpleNamespace(manifest={"target": t.to_dict()}, root=tmp_path)).reduce_range
     old = {k: v for k, v in t.to_dict().items() if k != "reduce_range"}  # a bundle made before the option
     assert not get_target_from_manifest(SimpleNamespace(manifest={"target": old}, root=tmp_path)).reduce_range
+
+
+def test_bad_target_file_from_the_cli_is_one_line(cli, tmp_path):
+    """A hand-written target with a wrong type: one line naming the file, the key and the type, no traceback."""
+    f = tmp_path / "board.toml"
+    f.write_text('name="board"\nbackend="tvm"\nprecisions=["fp32"]\nthresholds=1\n')
+    for args in (("targets", "--targets-dir", tmp_path), ("compile", "x.onnx", "--target", f)):
+        r = cli(*args)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.strip().count("\n") == 0, r.stderr
+        assert str(f) in r.stderr and "'thresholds' must be a table" in r.stderr

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeres.backends.tensorrt.options import HARDWARE_COMPAT, TrtOptions, check_dla, parse_version
-from edgeres.errors import BackendUnavailable, CompileError, InputError, UsageError
+from edgeres.errors import BackendUnavailable, CompileError, UsageError
 from edgeres.fileio import atomic_path
 
 MIN_PYTHON_API = (8, 5)  # set_input_shape / set_tensor_address / execute_async_v3

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from edgeres.errors import BackendUnavailable, InputError
+from edgeres.errors import BackendUnavailable
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 UNSUPPORTED_OPS = frozenset({

@@ -75,7 +75,8 @@ def build_bundle_engine(bundle: str | os.PathLike, *, options: dict[str, Any] | 
     from edgeres.backends import get_backend
     from edgeres.backends.tensorrt.options import check_dla, resolve_options
     from edgeres.backends.tensorrt.trtexec import build_method
-    from edgeres.pipeline import get_target_from_manifest, validate_bundle
+    from edgeres.pipeline import validate_bundle
+    from edgeres.targets import get_target_from_manifest
     from edgeres.reports import regression_message, validation_record
 
     b = load_bundle(bundle)
@@ -137,4 +138,4 @@ def _placement_line(b: Bundle, build: dict[str, Any]) -> str:
     return summary(build.get("placement"), inspected)
 
 
-__all__ = ["EngineBuild", "build_engine"]
+__all__ = ["EngineBuild", "build_bundle_engine"]

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from edgeres.backends.tensorrt.options import TrtOptions, parse_version, resolve_options
+from edgeres.backends.tensorrt.options import parse_version, resolve_options
 from edgeres.backends.tensorrt.recipe import (
     MIN_PYTHON_API, TRTEXEC_JETSON, check_buildable_here, check_machine, family_of, import_tensorrt,
     trtexec_argv, where_to_build,
