@@ -149,6 +149,7 @@ def compile_cmd(
     per_channel: Optional[bool] = cli_quantize.PerChannelOpt,
     percentile: Optional[float] = cli_quantize.PercentileOpt,
     bias_correction: Optional[str] = cli_quantize.BiasOpt,
+    no_bias_correction: bool = cli_quantize.NoBiasOpt,
     equalize: Optional[bool] = cli_quantize.EqualizeOpt,
     exclude: Optional[List[str]] = cli_quantize.ExcludeOpt,
     qat_data: Optional[str] = cli_quantize.QatDataOpt,
@@ -176,7 +177,8 @@ def compile_cmd(
         out = Path("bundles") / f"{stem}-{tname}-{precision or 'default'}"
     tgt = get_target(target, tuple(targets_dir or ()))
     quant = cli_quantize.options_from_cli(tgt, method=method, percentile=percentile, num_calib=num_calib,
-                                          per_channel=per_channel, bias_correction=bias_correction, equalize=equalize)
+                                          per_channel=per_channel, bias_correction=bias_correction, equalize=equalize,
+                                          no_bias_correction=no_bias_correction)
     try:
         res = compile_bundle(
             source, tgt, out, precision=precision, weights=weights, calib=calib, val=val, quant=quant,

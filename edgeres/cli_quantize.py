@@ -21,6 +21,7 @@ NumCalibOpt = typer.Option(None, "--num-calib", help="Calibration images to use 
 PerChannelOpt = typer.Option(None, "--per-channel/--per-tensor", help="Weight scales (default: per channel).")
 BiasOpt = typer.Option(None, "--bias-correction", help="Correct each layer's output mean shift: auto (default: "
                        "where it helps on held-out images) | on | off.")
+NoBiasOpt = typer.Option(False, "--no-bias-correction", hidden=True, help="The same as --bias-correction off.")
 EqualizeOpt = typer.Option(None, "--equalize/--no-equalize", help="Cross-layer equalization before calibration.")
 ExcludeOpt = typer.Option(None, "--exclude", help="Keep this layer (ONNX node name) in float; repeatable.")
 QatDataOpt = typer.Option(None, "--qat-data", help="Training images: fine-tune with quantization-aware training "
@@ -41,9 +42,17 @@ def qat_from_cli(data: Optional[str], epochs: Optional[int]):
 
 def options_from_cli(target: Any = None, *, method: Optional[str] = None, percentile: Optional[float] = None,
                      num_calib: Optional[int] = None, per_channel: Optional[bool] = None,
-                     bias_correction: Optional[str] = None, equalize: Optional[bool] = None, **more: Any):
+                     bias_correction: Optional[str] = None, equalize: Optional[bool] = None,
+                     no_bias_correction: bool = False, **more: Any):
     """The one :class:`~edgeres.quantize.options.QuantOptions` of a command (None = the default)."""
     from edgeres.quantize.options import quant_options
+
+    if bias_correction is not None and bias_correction not in ("auto", "on", "off"):
+        raise UsageError(f"--bias-correction takes auto, on or off, not {bias_correction!r}")
+    if no_bias_correction:
+        if bias_correction not in (None, "off"):
+            raise UsageError(f"--no-bias-correction contradicts --bias-correction {bias_correction}; pass one")
+        bias_correction = "off"
 
     return quant_options(target, method=method, percentile=percentile, num_calib=num_calib,
                          per_channel=per_channel, bias_correction=bias_correction, equalize=equalize, **more)
@@ -70,6 +79,7 @@ def _register_quantize(app: typer.Typer, console) -> None:  # noqa: ANN001
             "reduce_range); default 8-bit"),
         form: Optional[str] = typer.Option(None, "--form", help="Q/DQ form: cpu (default; ONNX Runtime/TVM) | tensorrt"),
         bias_correction: Optional[str] = BiasOpt,
+        no_bias_correction: bool = NoBiasOpt,
         equalize: Optional[bool] = EqualizeOpt,
         exclude: Optional[List[str]] = ExcludeOpt,
         calib_cache: Optional[Path] = typer.Option(
@@ -95,7 +105,8 @@ def _register_quantize(app: typer.Typer, console) -> None:  # noqa: ANN001
         check_calib_cache(cache, "--calib-cache" if calib_cache else "the calibration cache")
 
         opts = options_from_cli(method=method, percentile=percentile, num_calib=num_calib, per_channel=per_channel,
-                                bias_correction=bias_correction, equalize=equalize, form=form,
+                                bias_correction=bias_correction, no_bias_correction=no_bias_correction,
+                                equalize=equalize, form=form,
                                 reduce_range=reduce_range)
         src = onnx_source(onnx_path)
         if calib is None and (calib_cache is None or not calib_cache.is_file()):
@@ -154,6 +165,7 @@ def _register_sensitivity(app: typer.Typer, console) -> None:  # noqa: ANN001
         reduce_range: Optional[bool] = typer.Option(
             None, "--reduce-range/--full-range", help="7-bit weights, for x86 CPUs without VNNI (default 8-bit)"),
         bias_correction: Optional[str] = BiasOpt,
+        no_bias_correction: bool = NoBiasOpt,
         equalize: Optional[bool] = EqualizeOpt,
         mode: str = typer.Option("fp32-one", "--mode", help="fp32-one: INT8 but this layer | int8-one: only this layer INT8"),
         num_calib: Optional[int] = NumCalibOpt,
@@ -173,6 +185,7 @@ def _register_sensitivity(app: typer.Typer, console) -> None:  # noqa: ANN001
         from edgeres.quantize.sensitivity import analyze
 
         opts = options_from_cli(method=method, num_calib=num_calib, bias_correction=bias_correction,
+                                no_bias_correction=no_bias_correction,
                                 equalize=equalize, form=form, reduce_range=reduce_range)
         for path, option in ((json_out, "--json"), (plot, "--plot")):
             if path is not None:
