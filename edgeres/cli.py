@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from edgeres import cli_device
 from edgeres.cli_format import console, parse_options, pct, print_bundle_report, report_table
 from edgeres.errors import AccuracyRegression, EdgeresError, UsageError
 
@@ -194,11 +195,17 @@ def validate(
     max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Top-1 points allowed (default: the target's)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use at most this many images."),
+    device: Optional[str] = cli_device.DeviceOpt,
+    tracker: Optional[str] = cli_device.TrackerOpt,
+    key: Optional[str] = cli_device.KeyOpt,
+    devices: Optional[List[Path]] = cli_device.DevicesOpt,
 ):
-    """Top-1/top-5 of the bundle's artifact vs its FP32 reference; exit 1 when --max-drop is broken."""
+    """Top-1/top-5 of the bundle's artifact vs its FP32 reference; exit 1 when --max-drop is broken.
+    With --device/--tracker the artifact runs on the board (the reference here)."""
     from edgeres.pipeline import validate_bundle
 
-    report = validate_bundle(bundle, data, max_drop=max_drop, limit=limit)
+    spec = cli_device.resolve(device, tracker, key, devices)
+    report = validate_bundle(bundle, data, max_drop=max_drop, limit=limit, device=spec)
     if json_out:
         report.write(json_out)
     console.print(report_table(report))
@@ -230,9 +237,24 @@ def bench(
     vs: Optional[List[str]] = typer.Option(None, "--vs", help="Peers: onnxruntime, torch (repeatable)."),
     batch_size: int = typer.Option(1, "--batch-size"),
     repeats: int = typer.Option(50, "--repeats"),
+    device: Optional[str] = cli_device.DeviceOpt,
+    tracker: Optional[str] = cli_device.TrackerOpt,
+    key: Optional[str] = cli_device.KeyOpt,
+    devices: Optional[List[Path]] = cli_device.DevicesOpt,
+    json_out: Optional[Path] = typer.Option(None, "--json", help="With --device: write the results as JSON."),
 ):
-    """Median latency of the bundle's artifact beside ONNX Runtime / PyTorch."""
+    """Median latency of the bundle's artifact beside ONNX Runtime / PyTorch; with --device/--tracker, on the
+    board: median/p90/p99 and throughput, beside ONNX Runtime on the board when it has it."""
     from edgeres.bench import measure_latency
+
+    spec = cli_device.resolve(device, tracker, key, devices)
+    if spec is not None:
+        if vs or batch_size != 1:
+            raise UsageError("--vs and --batch-size are for local runs; on a board the artifact runs on its own "
+                             "batch size, beside ONNX Runtime when the board has it")
+        return cli_device.bench_on_device(bundle, spec, repeats, json_out, console)
+    if json_out:
+        raise UsageError("--json goes with --device/--tracker")
 
     peers = ["artifact"]
     for v in vs or ["onnxruntime"]:
@@ -298,6 +320,7 @@ from edgeres import cli_deploy, cli_quantize, cli_tune  # noqa: E402
 cli_quantize.register(app, console)
 cli_tune.register(app, console)
 cli_deploy.register(app, console)
+cli_device.register(app, console)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001

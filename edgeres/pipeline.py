@@ -231,12 +231,15 @@ def _artifact_runner(artifact: Any, backend: Any, deploy_onnx: Path) -> tuple[An
 
 
 def _validate(fp32_onnx: Path, deploy_onnx: Path, artifact: Any, backend: Any, ds: Any, max_drop: float | None,
-              context: dict[str, Any]) -> AccuracyReport:
+              context: dict[str, Any], runner: Any = None) -> AccuracyReport:
+    """Compare ``artifact`` (or ``runner``, e.g. one on a remote board) with the FP32 reference on ``ds``."""
     from edgeres.backends import reference_runner
     from edgeres.data import iter_batches
 
     reference = reference_runner(fp32_onnx)
-    runner, runner_name = _artifact_runner(artifact, backend, deploy_onnx)
+    runner_name = context.get("backend")
+    if runner is None:
+        runner, runner_name = _artifact_runner(artifact, backend, deploy_onnx)
     ctx = {**context, "backend": runner_name, "data_fingerprint": ds.fingerprint()}
     return compare(reference, runner, iter_batches(ds, EVAL_BATCH), max_drop=max_drop, context=ctx)
 
@@ -268,24 +271,33 @@ def quantize_stage(fp32: Path, out: Path, batches: Any, fingerprint: str | None,
 
 
 def validate_bundle(bundle: str | os.PathLike | Bundle, data: str, *, max_drop: float | None = None,
-                    limit: int | None = None, verify: bool = True) -> AccuracyReport:
+                    limit: int | None = None, verify: bool = True, device: Any = None) -> AccuracyReport:
     """Validate a bundle's artifact against its FP32 ONNX on labelled images ``data``.
 
-    ``max_drop`` defaults to the bundle target's threshold. Returns the report; the
-    caller decides what a failure means (the CLI exits 1).
+    ``max_drop`` defaults to the bundle target's threshold. ``device`` (an
+    :class:`edgeres.devices.DeviceSpec`) runs the artifact on that board, through the backend's
+    :meth:`~edgeres.backends.base.Backend.open_device`; the reference still runs here.
+    Returns the report; the caller decides what a failure means (the CLI exits 1).
     """
     from edgeres.backends import get_backend
 
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, verify=verify)
     backend = get_backend(b.backend, require=False)
     art = b.artifact()
-    if art is not None:
+    if art is not None or device is not None:
         backend.require()  # BackendUnavailable with the install hint
     threshold = max_drop if max_drop is not None else b.manifest["target"].get("max_drop")
     ds = open_data(data, "val", b.preprocessing, limit=limit)
     ctx = {"model": b.manifest["model"]["name"], "target": b.target_name, "precision": b.precision,
            "bundle": str(b.root), "data": str(data)}
-    return _validate(b.file("fp32"), b.deploy_onnx, art, backend, ds, threshold, ctx)
+    if device is None:
+        return _validate(b.file("fp32"), b.deploy_onnx, art, backend, ds, threshold, ctx)
+    if art is None:
+        raise UsageError(f"bundle {b.root} holds no compiled artifact to run on {device.label}; build it first")
+    with backend.open_device(device) as board:
+        runner = board.load(art)  # refuses an artifact the board cannot run, before uploading it
+        ctx = {**ctx, "backend": f"{art.backend} on {device.label}", "device": board.describe()}
+        return _validate(b.file("fp32"), b.deploy_onnx, art, backend, ds, threshold, ctx, runner=runner)
 
 
 def get_target_from_manifest(b: Bundle) -> Target:
