@@ -81,3 +81,34 @@ def test_bad_devices_file(tmp_path, text, message):
     p.write_text(text)
     with pytest.raises(InputError, match=message):
         load_devices(p)
+
+
+def _cli(args: list, capsys) -> tuple[int, str]:
+    """``edgeres ARGS`` in this process: (exit code, stderr)."""
+    from edgeres.cli import main
+
+    code = 0
+    try:
+        main([str(a) for a in args])
+    except SystemExit as e:
+        code = int(e.code or 0)
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["bench", "validate", "profile"])
+def test_cli_device_errors_are_one_line_with_a_fix(command, tmp_path, monkeypatch, capsys):
+    """A bad devices file and an unknown device name end the command in one line, exit 2, before any
+    bundle is read (the bundle here does not exist)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(DEVICES_ENV, raising=False)
+    extra = ["--data", tmp_path] if command == "validate" else []
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[lab-pi5]\nhost = "h"\nport = "9090"\n')  # a port as a string
+    cases = [(["--device", "lab-pi5", "--devices", bad], ["lab-pi5", "port = 1..65535"]),
+             (["--device", "lab-pi6"], ["unknown device 'lab-pi6'", "add [lab-pi6]", "devices.toml"]),
+             (["--tracker", "10.0.0.2:9190"], ["--tracker needs --key"])]
+    for opts, needles in cases:
+        code, err = _cli([command, tmp_path / "no-bundle", *extra, *opts], capsys)
+        lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+        assert "Traceback" not in err and all(n in lines[0] for n in needles), lines[0]

@@ -219,15 +219,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tracker", default=None, help="register with this tracker, HOST:PORT")
     p.add_argument("--key", default="", help="the key to register under (e.g. rpi5)")
     p.add_argument("--custom-addr", default=None, help="the address the tracker tells clients")
-    p.add_argument("--silent", action="store_true")
     a = p.parse_args(argv)
     if a.tracker and not a.key:
         p.error("--tracker needs --key")
+    from edgeres.devices import parse_address
     from edgeres.errors import EdgeresError
 
     try:
+        if a.tracker:
+            parse_address(a.tracker, "--tracker")
         serve(a.host, a.port, port_end=a.port_end, tracker=a.tracker, key=a.key, custom_addr=a.custom_addr,
-              silent=a.silent, log=lambda s: print(s, flush=True))
+              log=lambda s: print(s, flush=True))
     except EdgeresError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
