@@ -17,7 +17,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from edgeres import cli_list, cli_quantize
+from edgeres import cli_device, cli_list, cli_quantize
 from edgeres.cli_format import (
     Force, any_report_table, console, make_console, parse_options, pct, print_bundle_report,
     report_table, warn_random_weights,
@@ -227,9 +227,14 @@ def validate(
     scales: Optional[str] = typer.Option(None, "--scales", help="Multi-scale testing, e.g. 224,256,384,480,640 "
                                          "(artifacts compiled with a dynamic spatial size only)."),
     force: bool = Force,
+    device: Optional[str] = cli_device.DeviceOpt,
+    tracker: Optional[str] = cli_device.TrackerOpt,
+    key: Optional[str] = cli_device.KeyOpt,
+    devices: Optional[List[Path]] = cli_device.DevicesOpt,
 ):
     """Top-1/top-5 of the bundle's artifact vs its FP32 reference (a feature bundle: cosine per output);
-    exit 1 when a gate (--max-drop, --max-drop-top5, --min-agreement, --min-cosine) is broken."""
+    exit 1 when a gate (--max-drop, --max-drop-top5, --min-agreement, --min-cosine) is broken.
+    With --device/--tracker the artifact runs on the board (the reference here)."""
     from edgeres.bundle import load_bundle
     from edgeres.ci_report import check_output_file, write_ci_files
     from edgeres.gates import bundle_selftest_gate, failed, report_gates
@@ -242,6 +247,7 @@ def validate(
         check_output_file(path, opt, example)
     if json_out:
         check_file_output(json_out, "--json", force=force)
+    spec = cli_device.resolve(device, tracker, key, devices)  # a bad devices file ends here, before any bundle is read
     warn_random_weights(bundle)
     b = load_bundle(bundle)
     if b.task.is_features and (max_drop_top5 is not None or min_agreement is not None):
@@ -249,7 +255,7 @@ def validate(
                          "use --min-cosine")
     protocol = Protocol(crops=crops, scales=parse_scales(scales))
     report = validate_bundle(b, data, max_drop=max_drop, limit=limit, min_cosine=min_cosine, protocol=protocol,
-                             progress=True)
+                             progress=True, device=spec)
     gates = report_gates(report) if b.task.is_features else report_gates(
         report, max_drop_top5=max_drop_top5, min_agreement=min_agreement)
     selftest = bundle_selftest_gate(b)
@@ -304,6 +310,7 @@ cli_debug.register(app, console)
 cli_tune.register(app, console)
 cli_deploy.register(app, console)
 cli_report.register(app, console)
+cli_device.register(app, console)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001

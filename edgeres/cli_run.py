@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
+from edgeres import cli_device
 from edgeres.cli_format import Force, expand_images, speed_vs, warn_random_weights
 from edgeres.errors import UsageError
 
@@ -57,15 +58,30 @@ def _register_bench(app: typer.Typer, console) -> None:  # noqa: ANN001
         vs: Optional[List[str]] = typer.Option(None, "--vs", help="Peers: onnxruntime, torch (repeatable)."),
         batch_size: int = typer.Option(1, "--batch-size"),
         repeats: int = typer.Option(50, "--repeats"),
-        json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the medians (and this CPU's name) as "
-                                                "JSON; `edgeres report` shows them."),
+        json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results (and the CPU's or "
+                                                "board's name) as JSON; `edgeres report` shows local ones."),
+        device: Optional[str] = cli_device.DeviceOpt,
+        tracker: Optional[str] = cli_device.TrackerOpt,
+        key: Optional[str] = cli_device.KeyOpt,
+        devices: Optional[List[Path]] = cli_device.DevicesOpt,
     ):
-        """Median latency of the bundle's artifact beside ONNX Runtime / PyTorch."""
+        """Median latency of the bundle's artifact beside ONNX Runtime / PyTorch; with --device/--tracker, on
+        the board: median/p90/p99 and throughput, beside ONNX Runtime on the board when it has it."""
         from edgeres.latency import measure_latency, write_latency
 
         if batch_size < 1 or repeats < 1:
             raise UsageError("--batch-size and --repeats must be at least 1")
+        if json_out is not None:
+            from edgeres.outputs import check_file_output
+
+            check_file_output(json_out, "--json")  # before any measuring
         warn_random_weights(bundle)
+        spec = cli_device.resolve(device, tracker, key, devices)
+        if spec is not None:
+            if vs or batch_size != 1:
+                raise UsageError("--vs and --batch-size are for local runs; on a board the artifact runs on its own "
+                                 "batch size, beside ONNX Runtime when the board has it")
+            return cli_device.bench_on_device(bundle, spec, repeats, json_out, console)
 
         peers = ["artifact"]
         for v in vs or ["onnxruntime"]:

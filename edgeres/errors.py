@@ -46,3 +46,7 @@ class AccuracyRegression(EdgeresError):
     """Accuracy fell further than the user allowed; exit code 1 so CI can gate on it."""
 
     exit_code = 1
+
+
+class DeviceError(EdgeresError):
+    """A remote board (RPC server or tracker) that cannot be reached, or that dropped the connection."""

@@ -20,7 +20,7 @@ import numpy as np
 from edgeres import __version__
 from edgeres.checkpoint import LoadedModel, load_checkpoint
 from edgeres.errors import InputError, ParityError, UsageError
-from edgeres.fileio import atomic_path
+from edgeres.fileio import atomic_path, sha256_file
 from edgeres.preprocessing import Preprocessing, read_onnx_preprocessing, write_onnx_preprocessing
 from edgeres.task import CLASSIFY, FEATURES, Task, check_task, read_onnx_task, write_onnx_task
 
@@ -295,3 +295,33 @@ def export_onnx(
     with atomic_path(out) as tmp:
         onnx.save(proto, str(tmp))
     return ExportResult(out, opset, max(diffs), max(scales), time.perf_counter() - t0, pre, loaded.name, task_rec)
+
+
+def export_stage(source: Any, dest: Path, preprocessing: Preprocessing | None = None, *, task: str | None = None,
+                 features: Any = None) -> tuple[Preprocessing, str, dict, Task]:
+    """Write the FP32 ONNX for ``source`` (a LoadedModel or OnnxSource) to ``dest``; a checkpoint is
+    exported as ``task`` (``features``: the stage outputs ``features``)."""
+
+    if isinstance(source, OnnxSource):
+        import onnx
+
+        from edgeres.onnx_io import load_model
+        from edgeres.preprocessing import write_onnx_preprocessing
+
+        if features is not None:
+            raise UsageError("--features selects stages of a checkpoint or zoo model; an ONNX file's outputs are "
+                             "already fixed (pass the file with --task features)")
+        proto = load_model(source.path)
+        write_onnx_preprocessing(proto, source.preprocessing)
+        write_onnx_task(proto, source.task)
+        onnx.save(proto, str(dest))
+        info = {"source": str(source.path), "sha256": sha256_file(source.path),
+                "random_weights": source.random_weights}
+        return source.preprocessing, source.model_name, info, source.task
+    res = export_onnx(source, dest, task=task, features=features)
+    info = {"source": source.source, "max_abs_diff": res.max_abs_diff, "logit_scale": res.logit_scale,
+            "opset": res.opset, "seconds": round(res.seconds, 3),
+            "random_weights": source.meta.get("weights") == "random"}
+    if source.source and Path(source.source).is_file():
+        info["sha256"] = sha256_file(source.source)
+    return res.preprocessing, res.model_name, info, res.task

@@ -114,3 +114,52 @@ def measure_latency(bundle_path: str | Path, peers: Iterable[str] = PEERS, *, ba
         if fn is not None:
             out[peer] = statistics.median(time_runner(fn, x, repeats=repeats))
     return out
+
+
+def latency_stats(times_ms: list[float], batch: int = 1) -> dict[str, float]:
+    """Median, p90, p99 (nearest rank), mean in ms, and throughput in images/s, of ``times_ms``."""
+    if not times_ms:
+        raise UsageError("no latency samples")
+    s = sorted(times_ms)
+
+    def rank(q: float) -> float:
+        return s[min(len(s) - 1, max(0, int(np.ceil(q * len(s))) - 1))]
+
+    med = statistics.median(s)
+    return {"median_ms": med, "p90_ms": rank(0.90), "p99_ms": rank(0.99), "mean_ms": statistics.fmean(s),
+            "samples": len(s), "batch": batch, "images_per_s": 1000.0 * batch / med if med > 0 else float("inf")}
+
+
+def measure_on_device(bundle_path: str | Path, device, *, repeats: int = 50,  # noqa: ANN001 - a DeviceSpec
+                      onnxruntime: bool = True, max_seconds: float = 60.0) -> dict:
+    """Latency of the bundle's artifact on a remote board, and of ONNX Runtime there when it has it.
+
+    Returns ``{"device", "board", "emulated", "runners": {name: stats}, "notes": [...]}``; every
+    time is measured on the board (``board["emulated"]``: under qemu, which says nothing of speed).
+    """
+    from edgeres.backends import get_backend
+    from edgeres.errors import InputError
+
+    b = load_bundle(bundle_path)
+    art = b.artifact()
+    if art is None:
+        raise InputError(f"bundle {b.root} holds no compiled artifact to run on {device.label}")
+    backend = get_backend(b.backend)
+    batch = int(art.input_shape[0])
+    out: dict = {"device": device.label, "bundle": str(b.root), "runners": {}, "notes": []}
+    with backend.open_device(device) as board:
+        out["board"] = board.describe()
+        out["emulated"] = bool(out["board"].get("emulated"))
+        out["runners"]["artifact"] = latency_stats(board.latency(art, repeats=repeats, max_seconds=max_seconds),
+                                                   batch)
+        if onnxruntime:
+            for name, key in (("onnxruntime-fp32", "fp32"), ("onnxruntime-int8", "int8")):
+                onnx = b.file(key)
+                if onnx is None:
+                    continue
+                res = board.onnx_latency(onnx, tuple(int(d) for d in art.input_shape), repeats=repeats)
+                if isinstance(res, str):
+                    out["notes"].append(f"ONNX Runtime {res}")
+                    break
+                out["runners"][name] = latency_stats(res, batch)
+    return out

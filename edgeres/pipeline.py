@@ -16,7 +16,8 @@ from edgeres.bundle import (
 )
 from edgeres.errors import AccuracyRegression, UsageError
 from edgeres.evaluate import EVAL_BATCH, compare
-from edgeres.fileio import atomic_dir, sha256_file, write_json
+from edgeres.export import export_stage
+from edgeres.fileio import atomic_dir, write_json
 from edgeres.preprocessing import Preprocessing
 from edgeres.quant_stage import check_qat, check_quant_options, log_quantized, quantize_into
 from edgeres.quantize.options import QuantOptions
@@ -95,38 +96,6 @@ def open_calibration(calib: str | None, pre: Preprocessing, num_calib: int, batc
         return track(xs, "calibrating", len(ds), "images", count=len, enabled=progress)
 
     return batches, ds.fingerprint()
-
-
-def export_stage(source: Any, dest: Path, preprocessing: Preprocessing | None = None, *, task: str | None = None,
-                 features: Any = None) -> tuple[Preprocessing, str, dict, Task]:
-    """Write the FP32 ONNX for ``source`` (a LoadedModel or OnnxSource) to ``dest``; a checkpoint is
-    exported as ``task`` (``features``: the stage outputs ``features``)."""
-    from edgeres.export import OnnxSource, export_onnx
-    from edgeres.task import write_onnx_task
-
-    if isinstance(source, OnnxSource):
-        import onnx
-
-        from edgeres.onnx_io import load_model
-        from edgeres.preprocessing import write_onnx_preprocessing
-
-        if features is not None:
-            raise UsageError("--features selects stages of a checkpoint or zoo model; an ONNX file's outputs are "
-                             "already fixed (pass the file with --task features)")
-        proto = load_model(source.path)
-        write_onnx_preprocessing(proto, source.preprocessing)
-        write_onnx_task(proto, source.task)
-        onnx.save(proto, str(dest))
-        info = {"source": str(source.path), "sha256": sha256_file(source.path),
-                "random_weights": source.random_weights}
-        return source.preprocessing, source.model_name, info, source.task
-    res = export_onnx(source, dest, task=task, features=features)
-    info = {"source": source.source, "max_abs_diff": res.max_abs_diff, "logit_scale": res.logit_scale,
-            "opset": res.opset, "seconds": round(res.seconds, 3),
-            "random_weights": source.meta.get("weights") == "random"}
-    if source.source and Path(source.source).is_file():
-        info["sha256"] = sha256_file(source.source)
-    return res.preprocessing, res.model_name, info, res.task
 
 
 def compile_bundle(
@@ -321,22 +290,25 @@ def _artifact_runner(artifact: Any, backend: Any, deploy_onnx: Path) -> tuple[An
 
 def _validate(fp32_onnx: Path, deploy_onnx: Path, artifact: Any, backend: Any, ds: Any, max_drop: float | None,
               context: dict[str, Any], *, task: Task | None = None, min_cosine: float | None = None,
-              protocol: Any = None, progress: bool = False) -> Any:
-    """AccuracyReport of the artifact vs FP32 on labelled ``ds`` (under ``protocol``: 10-crop,
-    multi-scale; default 1-crop); for a feature extractor, a FeatureReport."""
+              protocol: Any = None, progress: bool = False, runner: Any = None) -> Any:
+    """AccuracyReport of the artifact (or ``runner``, e.g. one on a remote board) vs FP32 on labelled
+    ``ds`` (under ``protocol``: 10-crop, multi-scale; default 1-crop); for a feature extractor, a
+    FeatureReport."""
     from edgeres.backends import reference_runner
     from edgeres.data import iter_batches
     from edgeres.progress import track
 
     reference = reference_runner(fp32_onnx)
-    runner, runner_name = _artifact_runner(artifact, backend, deploy_onnx)
+    runner_name = context.get("backend")
+    if runner is None:
+        runner, runner_name = _artifact_runner(artifact, backend, deploy_onnx)
     ctx = {**context, "backend": runner_name, "data_fingerprint": ds.fingerprint()}
     if task is None or not task.is_features:
         from edgeres.protocols import validate_with_protocol
 
         if protocol is not None and not protocol.plain:
             return validate_with_protocol(fp32_onnx, deploy_onnx, artifact, reference, runner, runner_name, ds,
-                                      max_drop, ctx, protocol)
+                                          max_drop, ctx, protocol)
         ctx["protocol"] = "1-crop"
         batches = track(iter_batches(ds, EVAL_BATCH), "validating", len(ds), "images", count=lambda b: len(b[0]),
                         enabled=progress)
@@ -356,14 +328,16 @@ def _validate(fp32_onnx: Path, deploy_onnx: Path, artifact: Any, backend: Any, d
 
 def validate_bundle(bundle: str | os.PathLike | Bundle, data: str, *, max_drop: float | None = None,
                     limit: int | None = None, verify: bool = True, min_cosine: float | None = None,
-                    protocol: Any = None, progress: bool = False) -> Any:
+                    protocol: Any = None, progress: bool = False, device: Any = None) -> Any:
     """Validate a bundle's artifact against its FP32 ONNX on labelled images ``data``.
 
     ``max_drop`` defaults to the bundle target's threshold. A feature extractor's bundle is
     compared output by output on the images of ``data`` (labels not needed), gated by
     ``min_cosine``, and gives a FeatureReport. ``protocol``: an :class:`edgeres.protocols.Protocol`
-    (10-crop, multi-scale; classifiers only; default 1-crop). Returns the report; the caller
-    decides what a failure means (the CLI exits 1).
+    (10-crop, multi-scale; classifiers only; default 1-crop). ``device`` (an
+    :class:`edgeres.devices.DeviceSpec`) runs the artifact on that board, through the backend's
+    :meth:`~edgeres.backends.base.Backend.open_device`; the reference still runs here. Returns the
+    report; the caller decides what a failure means (the CLI exits 1).
     """
     from edgeres.backends import get_backend
 
@@ -380,11 +354,18 @@ def validate_bundle(bundle: str | os.PathLike | Bundle, data: str, *, max_drop: 
                          "validate it with the default single crop")
     backend = get_backend(b.backend, require=False)
     art = b.artifact()
-    if art is not None:
+    if art is not None or device is not None:
         backend.require()  # BackendUnavailable with the install hint
     threshold = max_drop if max_drop is not None else b.manifest["target"].get("max_drop")
     ds = open_data(data, "val", b.preprocessing, limit=limit, allow_unlabelled=task.is_features)
     ctx = {"model": b.manifest["model"]["name"], "target": b.target_name, "precision": b.precision,
            "bundle": str(b.root), "data": str(data)}
-    return _validate(b.file("fp32"), b.deploy_onnx, art, backend, ds, threshold, ctx, task=task,
-                     min_cosine=min_cosine, protocol=protocol, progress=progress)
+    kw = {"task": task, "min_cosine": min_cosine, "protocol": protocol, "progress": progress}
+    if device is None:
+        return _validate(b.file("fp32"), b.deploy_onnx, art, backend, ds, threshold, ctx, **kw)
+    if art is None:
+        raise UsageError(f"bundle {b.root} holds no compiled artifact to run on {device.label}; build it first")
+    with backend.open_device(device) as board:
+        runner = board.load(art)  # refuses an artifact the board cannot run, before uploading it
+        ctx = {**ctx, "backend": f"{art.backend} on {device.label}", "device": board.describe()}
+        return _validate(b.file("fp32"), b.deploy_onnx, art, backend, ds, threshold, ctx, runner=runner, **kw)

@@ -7,13 +7,20 @@
 #      taken from the apache-tvm / apache-tvm-ffi aarch64 wheels on PyPI (same versions as the
 #      host's TVM), into $EDGERES_AARCH64_RUNTIME (default ~/.cache/edgeres/aarch64-runtime):
 #        lib/libtvm_runtime.so  lib/libtvm_ffi.so  include/  edgeres-runtime.json
+#   3. an emulated aarch64 board for the RPC tests: Debian bookworm's arm64 Python 3.11, fetched with
+#      apt's own client from a private package list (the host's apt configuration is not touched),
+#      unpacked into $EDGERES_AARCH64_PYTHON (default ~/.cache/edgeres/aarch64-python), plus the
+#      aarch64 apache-tvm / apache-tvm-ffi wheels (runtime only: the compiler library is removed),
+#      psutil and cloudpickle; root/usr/bin/python3 runs it under qemu-aarch64-static.
 #
-# edgeres cross-compiles with (1), and builds/runs the bundle's C++ runner for aarch64 against (2)
-# under qemu. This runs at set-up time only; edgeres never downloads anything at run time.
+# edgeres cross-compiles with (1), builds/runs the bundle's C++ runner for aarch64 against (2)
+# under qemu, and the RPC tests run TVM's RPC server on (3). This runs at set-up time only;
+# edgeres never downloads anything at run time.
 #
 # Environment: PYTHON (the Python whose pip downloads the wheels and whose TVM version is matched;
-# default: the repo's .venv, else python3), EDGERES_AARCH64_RUNTIME, EDGERES_TVM_VERSION,
-# EDGERES_TVM_FFI_VERSION, SKIP_APT=1 (do not touch apt packages).
+# default: the repo's .venv, else python3), EDGERES_AARCH64_RUNTIME, EDGERES_AARCH64_PYTHON,
+# EDGERES_TVM_VERSION, EDGERES_TVM_FFI_VERSION, SKIP_APT=1 (do not touch apt packages),
+# SKIP_AARCH64_PYTHON=1 (no emulated Python), DEBIAN_MIRROR (default http://deb.debian.org).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -72,8 +79,9 @@ want="{\"arch\": \"aarch64\", \"apache-tvm\": \"$tvm_ver\", \"apache-tvm-ffi\": 
 if [[ -f "$stamp" && -f "$dest/lib/libtvm_runtime.so" && -f "$dest/lib/libtvm_ffi.so" ]] \
         && [[ "$(cat "$stamp")" == "$want" ]]; then
     log "aarch64 TVM runtime $tvm_ver (ffi $ffi_ver) already in $dest"
-    exit 0
+    runtime_ok=1
 fi
+if [[ "${runtime_ok:-0}" != 1 ]]; then
 
 mkdir -p "$(dirname "$dest")"
 tmp="$(mktemp -d "$(dirname "$dest")/.aarch64-runtime.XXXXXX")"
@@ -128,3 +136,66 @@ if file "$dest/lib/libtvm_runtime.so" 2>/dev/null | grep -q aarch64 || ! command
 else
     die "$dest/lib/libtvm_runtime.so is not an aarch64 library"
 fi
+fi
+
+# --- 3. emulated aarch64 board: Debian's arm64 Python + the aarch64 TVM wheel, under qemu ------
+if [[ "${SKIP_AARCH64_PYTHON:-0}" == 1 ]]; then
+    log "SKIP_AARCH64_PYTHON=1: no emulated aarch64 Python (the RPC tests on it will skip)"
+    exit 0
+fi
+pydest="${EDGERES_AARCH64_PYTHON:-$HOME/.cache/edgeres/aarch64-python}"
+pystamp="$pydest/edgeres-python.json"
+pywant="{\"arch\": \"aarch64\", \"python\": \"3.11\", \"apache-tvm\": \"$tvm_ver\", \"apache-tvm-ffi\": \"$ffi_ver\"}"
+if [[ -f "$pystamp" && -x "$pydest/root/usr/bin/python3" ]] && [[ "$(cat "$pystamp")" == "$pywant" ]]; then
+    log "emulated aarch64 Python with TVM $tvm_ver already in $pydest"
+    exit 0
+fi
+keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+[[ -f "$keyring" ]] || die "$keyring is missing: apt-get install debian-archive-keyring (or SKIP_AARCH64_PYTHON=1)"
+qemu="$(command -v qemu-aarch64-static)" || die "qemu-aarch64-static is missing (step 1)"
+mirror="${DEBIAN_MIRROR:-http://deb.debian.org}"
+mkdir -p "$(dirname "$pydest")"
+pytmp="$(mktemp -d "$(dirname "$pydest")/.aarch64-python.XXXXXX")"
+[[ -n "$pytmp" && -d "$pytmp" ]] || die "cannot create a temporary folder next to $pydest"
+trap 'rm -rf "$pytmp"' EXIT
+aptd="$pytmp/apt"
+mkdir -p "$aptd/lists/partial" "$aptd/archives/partial" "$aptd/debs" "$pytmp/root"
+touch "$aptd/status"
+printf 'deb [arch=arm64 signed-by=%s] %s/debian bookworm main\ndeb [arch=arm64 signed-by=%s] %s/debian-security bookworm-security main\n' \
+    "$keyring" "$mirror" "$keyring" "$mirror" > "$aptd/sources.list"
+apt_opts=(-o "Dir::State=$aptd" -o "Dir::State::Lists=$aptd/lists" -o "Dir::State::status=$aptd/status"
+          -o "Dir::Cache=$aptd" -o "Dir::Cache::archives=$aptd/archives"
+          -o "Dir::Etc::SourceList=$aptd/sources.list" -o "Dir::Etc::SourceParts=/dev/null"
+          -o "APT::Architecture=arm64" -o "APT::Architectures::=arm64" -o "Debug::NoLocking=1"
+          -o "APT::Sandbox::User=$(id -un)")
+log "fetching Debian bookworm's arm64 python3.11 (apt, with a private package list in $aptd)"
+apt-get -qq "${apt_opts[@]}" update
+(cd "$aptd/debs" && apt-get -qq "${apt_opts[@]}" download python3.11-minimal libpython3.11-minimal \
+    libpython3.11-stdlib libc6 libgcc-s1 libstdc++6 libexpat1 zlib1g libssl3 libbz2-1.0 libcrypt1 libffi8 \
+    liblzma5 libuuid1)
+for deb in "$aptd"/debs/*.deb; do dpkg-deb -x "$deb" "$pytmp/root"; done
+[[ -x "$pytmp/root/usr/bin/python3.11" ]] || die "the arm64 python3.11 package did not unpack"
+log "installing the aarch64 wheels apache-tvm==$tvm_ver apache-tvm-ffi==$ffi_ver (+ numpy, psutil, cloudpickle)"
+"$py" -m pip install --quiet --disable-pip-version-check --only-binary=:all: --platform manylinux_2_28_aarch64 \
+    --python-version 3.11 --implementation cp --target "$pytmp/root/site" \
+    "apache-tvm==$tvm_ver" "apache-tvm-ffi==$ffi_ver" psutil cloudpickle
+rm -f "$pytmp/root/site/tvm/lib/libtvm_compiler.so"  # runtime only: 260 MB less, and a faster import under qemu
+# The wrapper passes itself as argv[0] (qemu -0): Python reports it as sys.executable, so a process it
+# starts with sys.executable (TVM's server workers) runs under qemu too, without binfmt_misc.
+{
+    echo '#!/bin/sh'
+    echo 'root="$(cd "$(dirname "$0")/../.." && pwd)"'
+    echo "PYTHONPATH=\"\$root/site\${PYTHONPATH:+:\$PYTHONPATH}\" exec \"$qemu\" -L \"\$root\" -0 \"\$0\" \"\$root/usr/bin/python3.11\" \"\$@\""
+} > "$pytmp/root/usr/bin/python3"
+chmod 755 "$pytmp/root/usr/bin/python3" "$pytmp"
+rm -rf "$aptd"
+printf '%s' "$pywant" > "$pytmp/edgeres-python.json"
+got="$("$pytmp/root/usr/bin/python3" -c 'import platform, tvm; print(platform.machine(), tvm.__version__)')" \
+    || die "the emulated aarch64 Python does not start (see above)"
+[[ "$got" == "aarch64 $tvm_ver" ]] || die "the emulated Python says '$got', expected 'aarch64 $tvm_ver'"
+rm -rf "$pydest.old"
+if [[ -e "$pydest" ]]; then mv "$pydest" "$pydest.old"; fi
+mv "$pytmp" "$pydest"
+rm -rf "$pydest.old"
+trap - EXIT
+log "emulated aarch64 Python ($got) installed in $pydest"

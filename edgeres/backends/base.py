@@ -115,6 +115,47 @@ class Capabilities:
     device_build: bool = False  # may hand the build to the device: a bundle then carries a recipe
     cpp_example: bool = False  # writes a C++ example application into the bundle (cpp/)
     tuning: bool = False  # a tuning database can speed up its artifacts (edgeres tune)
+    remote: bool = False  # runs its artifacts on a board over the network (open_device: --device, --tracker)
+    profile: bool = False  # per-operator latency of an artifact (profile; on a board: DeviceSession.profile)
+
+
+class DeviceSession(abc.ABC):
+    """A board reached over the network (:meth:`Backend.open_device`); a context manager.
+
+    ``load`` returns a Runner with the local runner's call signature (NCHW float32 batch ->
+    logits), computed on the board, so validate/selftest take either. Timings are measured on
+    the board; ``describe()["emulated"]`` is True when the "board" is an emulator (qemu).
+    """
+
+    @abc.abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """What the board says about itself: arch, CPU, cores, memory, emulated, server kind."""
+
+    @abc.abstractmethod
+    def load(self, artifact: Artifact) -> Runner:
+        """Upload ``artifact`` (refused first if the board cannot run it) and return a Runner on the board."""
+
+    @abc.abstractmethod
+    def latency(self, artifact: Artifact, *, repeats: int = 50, max_seconds: float = 60.0) -> list[float]:
+        """Milliseconds per run of ``artifact`` on its own batch size, timed on the board."""
+
+    def profile(self, artifact: Artifact, *, repeats: int = 10) -> dict[str, Any]:
+        """Per-operator latency on the board (backends with ``capabilities.profile``)."""
+        raise UsageError("this backend cannot profile on a board")
+
+    def onnx_latency(self, onnx_path: Path, input_shape: tuple[int, ...], *, repeats: int = 50) -> list[float] | str:
+        """ONNX Runtime on the board: milliseconds per run, or why it cannot run there (a note)."""
+        return "the board's server does not run ONNX Runtime"
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Drop the connection (idempotent)."""
+
+    def __enter__(self) -> "DeviceSession":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 class Backend(abc.ABC):
@@ -199,6 +240,15 @@ class Backend(abc.ABC):
         return [{"name": f"{self.name} backend", "ok": not reason, "required": True,
                  "found": f"{self.name} {self.version() or ''}".strip() if not reason else reason,
                  "fix": "" if not reason else self.install_hint()}]
+
+    def open_device(self, device: Any) -> DeviceSession:
+        """Connect to the board ``device`` (an :class:`edgeres.devices.DeviceSpec`); backends with ``remote``."""
+        raise UsageError(f"the {self.name} backend cannot run artifacts on a remote board; run it on the device "
+                         "itself, or use a TVM target (edgeres targets)")
+
+    def profile(self, artifact: Artifact, *, repeats: int = 10) -> dict[str, Any]:
+        """Per-operator latency of ``artifact`` on this machine (backends with ``profile``)."""
+        raise UsageError(f"the {self.name} backend has no per-operator profile; profile a TVM bundle")
 
 
 def check_precision(counts: Mapping[str, int], precision: str, name: str, target: Any) -> None:

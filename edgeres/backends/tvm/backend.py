@@ -135,7 +135,8 @@ class TvmBackend(Backend):
 
     name = NAME
     extra = "edgeres[tvm]"
-    capabilities = Capabilities(precisions=PRECISIONS, cross_compile=True, cpp_example=True, tuning=True)
+    capabilities = Capabilities(precisions=PRECISIONS, cross_compile=True, cpp_example=True, tuning=True,
+                                remote=True, profile=True)
 
     def unavailable_reason(self) -> str:
         return _runner.unavailable_reason()
@@ -163,3 +164,27 @@ class TvmBackend(Backend):
         from edgeres.backends.tvm.cpp_runner import write_cpp_runner
 
         write_cpp_runner(bundle_dir)
+
+    def open_device(self, device: Any) -> Any:
+        """A board over TVM's RPC (:class:`edgeres.backends.tvm.rpc.TvmDevice`); connects on first use."""
+        self.require()
+        from edgeres.backends.tvm.rpc import TvmDevice
+
+        return TvmDevice(device)
+
+    def profile(self, artifact: Artifact, *, repeats: int = 10) -> dict[str, Any]:
+        """Per-operator profile on this machine (:mod:`edgeres.backends.tvm.profile`)."""
+        self.require()
+        from edgeres.backends.tvm.profile import profile_library
+
+        art = _runner.read_artifact(artifact.path)
+        arch = art.info.get("arch") or tvm_cross.elf_arch(art.path)
+        if arch and arch != tvm_cross.host_arch():
+            raise UsageError(f"{art.path} is built for {arch}; profile it on the board with --device HOST:PORT "
+                             "(a server started with edgeres serve-device)")
+        missing = tt.missing_host_features(art.info.get("tvm_target") or {})
+        if missing:
+            raise UsageError(f"{art.path} needs {', '.join(missing)}, which this CPU lacks; profile it on such a CPU")
+        threads = art.info.get("threads") or int(os.environ.get("TVM_NUM_THREADS") or 0) or (os.cpu_count() or 1)
+        return profile_library(str(art.path), art.input_shape, repeats=repeats,
+                               layout=str(art.info.get("layout") or "NHWC"), threads=threads)

@@ -208,3 +208,20 @@ def qemu_prefix(arch: str = "aarch64") -> list[str]:
     if not (root / "lib" / "ld-linux-aarch64.so.1").exists():
         raise BackendUnavailable(f"no aarch64 sysroot at {root} (lib/ld-linux-aarch64.so.1); {SETUP_HINT}")
     return [qemu, "-L", str(root)]
+
+
+PYTHON_ENV = "EDGERES_AARCH64_PYTHON"
+
+
+def aarch64_python() -> Path | None:
+    """The emulated aarch64 Python (Debian's, with the aarch64 TVM wheel, under qemu) that
+    tools/setup-aarch64.sh installs for the RPC tests, or None when it is not there or is for
+    another TVM release than this machine's. ``$EDGERES_AARCH64_PYTHON`` moves it."""
+    root = Path(os.environ.get(PYTHON_ENV) or Path.home() / ".cache" / "edgeres" / "aarch64-python")
+    exe = root / "root" / "usr" / "bin" / "python3"
+    try:
+        stamp = json.loads((root / "edgeres-python.json").read_text())
+        host = metadata.version("apache-tvm")
+    except (OSError, ValueError, metadata.PackageNotFoundError):
+        return None
+    return exe if exe.is_file() and stamp.get("apache-tvm") == host else None

@@ -61,12 +61,14 @@ class BudgetReached(Exception):
     """Raised from the measure callback to end a tuning run at its time budget."""
 
 
-def in_process_builder(deadline: float | None = None) -> Any:
+def in_process_builder(deadline: float | None = None, *, shared: bool = False, fcompile: Any = None) -> Any:
     """A MetaSchedule builder that compiles candidates in this process (no worker pool).
 
     After ``deadline`` (``time.monotonic()``) it fails every candidate at once: MetaSchedule
     reports results (and so the time budget check) only after a pass over all tasks, and
-    a pass over ResNet-18's 19 tasks takes many minutes here.
+    a pass over ResNet-18's 19 tasks takes many minutes here. ``shared``: write a shared
+    library linked here by ``fcompile`` (the cross linker for a board; None: the host's), which
+    an RPC server loads without a compiler of its own; else a tar that LocalRunner links.
     """
     from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
@@ -78,12 +80,12 @@ def in_process_builder(deadline: float | None = None) -> Any:
         def build(self, build_inputs: list[Any]) -> list[Any]:
             if deadline is not None and time.monotonic() > deadline:
                 return [BuilderResult(None, BUDGET_MSG) for _ in build_inputs]
-            return [_build_one(b, BuilderResult) for b in build_inputs]
+            return [_build_one(b, BuilderResult, shared, fcompile) for b in build_inputs]
 
     return InProcessBuilder()
 
 
-def _build_one(build_input: Any, result_cls: Any) -> Any:
+def _build_one(build_input: Any, result_cls: Any, shared: bool = False, fcompile: Any = None) -> Any:
     import tvm
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
     from tvm.support.tar import tar
@@ -91,8 +93,13 @@ def _build_one(build_input: Any, result_cls: Any) -> Any:
     try:
         mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(build_input.mod)
         rt_mod = tvm.tirx.build(mod, target=build_input.target)
-        path = os.path.join(tempfile.mkdtemp(prefix="edgeres-ms-"), "tvm_tmp_mod." + tar.output_format)
-        rt_mod.export_library(path, fcompile=tar)
+        folder = tempfile.mkdtemp(prefix="edgeres-ms-")
+        if shared:
+            path = os.path.join(folder, "tvm_tmp_mod.so")
+            rt_mod.export_library(path, fcompile=fcompile, workspace_dir=folder)
+        else:
+            path = os.path.join(folder, "tvm_tmp_mod." + tar.output_format)
+            rt_mod.export_library(path, fcompile=tar)
         return result_cls(path, None)
     except Exception as e:  # noqa: BLE001 - a candidate that does not build is a failed trial
         return result_cls(None, f"in-process build failed: {type(e).__name__}: {str(e)[-500:]}")
@@ -112,6 +119,32 @@ def local_runner(*, number: int = 3, repeat: int = 1, min_repeat_ms: int = 20, t
     config = ms.runner.EvaluatorConfig(number=number, repeat=repeat, min_repeat_ms=min_repeat_ms,
                                        enable_cpu_cache_flush=False)
     return ms.runner.LocalRunner(timeout_sec=timeout_s, evaluator_config=config)
+
+
+def rpc_runner(device: Any, *, workers: int = 1, number: int = 3, repeat: int = 1, min_repeat_ms: int = 20,
+               timeout_s: float = 120.0) -> Any:
+    """MetaSchedule's RPCRunner measuring on the board(s) ``device`` (a DeviceSpec) names: through its
+    tracker (``workers`` boards in parallel: a farm), or one server directly."""
+    from tvm.s_tir import meta_schedule as ms
+
+    config = ms.runner.EvaluatorConfig(number=number, repeat=repeat, min_repeat_ms=min_repeat_ms,
+                                       enable_cpu_cache_flush=False)
+    if device.via_tracker:
+        rpc = ms.runner.RPCConfig(tracker_host=device.tracker_host, tracker_port=device.tracker_port,
+                                  tracker_key=device.key, session_timeout_sec=int(timeout_s))
+        return ms.runner.RPCRunner(rpc, config, max_workers=max(1, int(workers)))
+    # One server, no tracker: the address rides in RPCConfig and direct_session connects to it.
+    rpc = ms.runner.RPCConfig(tracker_host=device.host, tracker_port=device.port, tracker_key="direct",
+                              session_timeout_sec=int(timeout_s))
+    return ms.runner.RPCRunner(rpc, config, max_workers=1, f_create_session=direct_session)
+
+
+def direct_session(rpc_config: Any) -> Any:
+    """RPCRunner's session factory for one server without a tracker (runs in its worker processes)."""
+    from tvm import rpc
+
+    return rpc.connect(rpc_config.tracker_host, int(rpc_config.tracker_port),
+                       session_timeout=rpc_config.session_timeout_sec)
 
 
 def progress_callback(on_batch: Callable[[int, int, int], None], deadline: float | None) -> Any:

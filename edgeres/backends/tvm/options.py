@@ -165,30 +165,43 @@ CPU_FEATURES = {"sse4.2": "sse4_2", "ssse3": "ssse3", "avx2": "avx2", "fma": "fm
 # LLVM emits AMX only for intrinsics, and VMs often hide it: "emeraldrapids" hosts without AMX run such code).
 EXPLICIT_FEATURES = {"amx-tile": "amx_tile", "amx-int8": "amx_int8", "amx-bf16": "amx_bf16",
                      "avx512fp16": "avx512_fp16", "avx512bf16": "avx512_bf16", "avxvnni": "avx_vnni"}
+# The same for AArch64 ("Features" in /proc/cpuinfo): dot product (SDOT/UDOT), int8 matmul, fp16, SVE.
+ARM_CPU_FEATURES = {"dotprod": "asimddp", "i8mm": "i8mm", "fullfp16": "asimdhp", "sve": "sve"}
 
 
 def missing_host_features(tvm_target: Mapping[str, Any]) -> list[str]:
     """x86 instruction sets an x86 target dict compiles for that this machine's CPU lacks ([] if none,
     or when it cannot tell: not Linux, not x86, not an LLVM target)."""
     flags_file = Path("/proc/cpuinfo")
-    if str(tvm_target.get("kind")) != "llvm" or not str(tvm_target.get("mtriple", "x86_64")).startswith("x86_64") \
-            or not flags_file.is_file():
+    if not str(tvm_target.get("mtriple", "x86_64")).startswith("x86_64") or not flags_file.is_file():
         return []
     flags: set[str] = set()
     for line in flags_file.read_text(errors="replace").splitlines():
         if line.startswith("flags"):
             flags = set(line.split(":", 1)[1].split())
             break
-    if not flags:
+    return missing_cpu_features(tvm_target, flags)
+
+
+def missing_cpu_features(tvm_target: Mapping[str, Any], flags: set[str] | list[str]) -> list[str]:
+    """Instruction sets ``tvm_target`` compiles for that a CPU with /proc/cpuinfo ``flags`` (x86
+    "flags", ARM "Features") lacks; [] when it cannot tell (no flags, not an LLVM x86/AArch64 target)."""
+    triple = str(tvm_target.get("mtriple", "x86_64"))
+    table = ARM_CPU_FEATURES if triple.startswith(("aarch64", "arm64")) else (
+        CPU_FEATURES if triple.startswith("x86_64") else None)
+    if str(tvm_target.get("kind")) != "llvm" or table is None or not flags:
         return []
     from tvm.target import codegen
 
     target = make_target(dict(tvm_target))
     try:
-        wanted = [f for f in CPU_FEATURES if codegen.llvm_cpu_has_features([f], target)]
+        wanted = [f for f in table if codegen.llvm_cpu_has_features([f], target)]
     except Exception:  # noqa: BLE001 - LLVM cannot describe the target: do not block
         return []
-    # Extensions LLVM never emits on its own (AMX tiles, ...) count only when the target asks for them.
-    explicit = [str(a)[1:] for a in (tvm_target.get("mattr") or ()) if str(a).startswith("+")]
-    wanted += [f for f in explicit if f in EXPLICIT_FEATURES and f not in wanted]
-    return [f for f in wanted if {**CPU_FEATURES, **EXPLICIT_FEATURES}[f] not in flags]
+    have = set(flags)
+    if table is CPU_FEATURES:
+        # Extensions LLVM never emits on its own (AMX tiles, ...) count only when the target asks for them.
+        explicit = [str(a)[1:] for a in (tvm_target.get("mattr") or ()) if str(a).startswith("+")]
+        wanted += [f for f in explicit if f in EXPLICIT_FEATURES and f not in wanted]
+        table = {**CPU_FEATURES, **EXPLICIT_FEATURES}
+    return [f for f in wanted if table[f] not in have]

@@ -146,7 +146,7 @@ def _as_onnx(source: Any, tmp: Path) -> Path:
 def tune(source: Any, target: Any, db_dir: str | os.PathLike, *, trials: int, trials_per_task: int | None = None,
          time_budget_s: float | None = None, progress: bool = True, log: Callable[[str], Any] = print,
          options: Mapping[str, Any] | None = None, builder: str = "in-process", seed: int | None = None,
-         seed_builtin: bool = True) -> TuneResult:
+         seed_builtin: bool = True, device: Any = None) -> TuneResult:
     """Tune ``source`` (ONNX path, OnnxSource or LoadedModel) for ``target`` into ``db_dir``.
 
     ``trials`` caps the measured candidates of this run (over all tasks), ``trials_per_task``
@@ -156,6 +156,9 @@ def tune(source: Any, target: Any, db_dir: str | os.PathLike, *, trials: int, tr
     ``builder``: ``"in-process"`` (fast) or ``"local"`` (MetaSchedule's LocalBuilder).
     ``seed_builtin``: first measure edgeres' builtin schedule of each task and record it, so
     the database never holds a winner slower than compile's default (and the search starts there).
+    ``device`` (an :class:`edgeres.devices.DeviceSpec`) measures the candidates on the board(s)
+    through TVM's RPC (MetaSchedule's RPCRunner; a tracker key with several boards measures on
+    all of them in parallel) instead of this machine; a target of another architecture needs one.
     """
     from edgeres.backends import tvm as tb
 
@@ -174,6 +177,7 @@ def tune(source: Any, target: Any, db_dir: str | os.PathLike, *, trials: int, tr
     if getattr(target, "backend", "tvm") != "tvm":
         raise UsageError(f"target {target.name!r} uses the {target.backend} backend; tuning is for TVM targets "
                          "(e.g. --target x86-64-host)")
+    measure = _measurer(target, device, builder)
     t0 = time.monotonic()
     db_path = Path(db_dir)
     with tempfile.TemporaryDirectory(prefix="edgeres-tune-") as tmp:
@@ -182,13 +186,13 @@ def tune(source: Any, target: Any, db_dir: str | os.PathLike, *, trials: int, tr
         return _tune_module(mod, compile_target, db_path, getattr(target, "name", "?"), trials=trials,
                             trials_per_task=trials_per_task, time_budget_s=time_budget_s, progress=progress,
                             log=log, builder=builder, seed=seed, seed_builtin=seed_builtin, t0=t0,
-                            work=Path(tmp))
+                            work=Path(tmp), measure=measure)
 
 
 def _tune_module(mod: Any, compile_target: Any, db_path: Path, target_name: str, *, trials: int,
                  trials_per_task: int | None, time_budget_s: float | None, progress: bool,
                  log: Callable[[str], Any], builder: str, seed: int | None, seed_builtin: bool, t0: float,
-                 work: Path) -> TuneResult:
+                 work: Path, measure: dict[str, Any]) -> TuneResult:
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
@@ -231,11 +235,18 @@ def _tune_module(mod: Any, compile_target: Any, db_path: Path, target_name: str,
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             [t for t, _ in todo], work_dir=str(work), strategy=tuning_ms.search_strategy(per_task),
             num_threads=_physical_cores(), seed=seed)
-    build = tuning_ms.in_process_builder(deadline) if builder == "in-process" else tuning_ms.local_builder()
-    runner = tuning_ms.local_runner()
+    remote = measure.get("device") is not None
+    shared = {"shared": True, "fcompile": measure["fcompile"]} if remote else {}
+    build = (tuning_ms.in_process_builder(deadline, **shared) if builder == "in-process"
+             else tuning_ms.local_builder())
+    if remote:
+        runner = tuning_ms.rpc_runner(measure["device"], workers=measure["workers"])
+        log(f"measuring on {measure['device'].label}: {measure['workers']} board(s) in parallel")
+    else:
+        runner = tuning_ms.local_runner()
     if seed_builtin:
         seeded = tuning_ms.seed_builtin([t for t, _ in todo], db, tune_target,
-                                        tuning_ms.in_process_builder(), runner)
+                                        tuning_ms.in_process_builder(**shared), runner)
         log(f"measured the builtin schedule of {seeded} tasks (records that tuning must beat)")
     stopped = "interrupted"
     try:
@@ -263,6 +274,35 @@ def _tune_module(mod: Any, compile_target: Any, db_path: Path, target_name: str,
         f"in {seconds:.0f} s; database: {db_path}")
     return TuneResult(db_path, target_name, len(tasks), skipped, len(finished), counts["trials"], counts["failed"],
                       seconds, stopped)
+
+
+def _measurer(target: Any, device: Any, builder: str) -> dict[str, Any]:
+    """Where candidates are measured: this machine, or the board(s) ``device`` names (checked now:
+    reachable, and of the target's architecture)."""
+    from edgeres.backends.tvm import cross as tvm_cross
+
+    if device is None:
+        if tvm_cross.needs_cross(target):
+            raise UsageError(f"target {target.name!r} is {tvm_cross.target_arch(target)}: tuning measures candidates "
+                             "on the board; pass --tracker HOST:PORT --key KEY (or --device) for its RPC server(s)")
+        return {}
+    if builder != "in-process":
+        raise UsageError("measuring on a board needs the in-process builder (it links for the board)")
+    from edgeres.backends.tvm.rpc import TvmDevice, tracker_keys
+
+    with TvmDevice(device) as board:
+        arch = board.describe().get("arch")
+    if arch and arch != tvm_cross.target_arch(target):
+        raise UsageError(f"{device.label} is {arch} but target {target.name!r} is {tvm_cross.target_arch(target)}; "
+                         "tune for the board's target")
+    workers = 1
+    if device.via_tracker:
+        from tvm import rpc
+
+        tracker = rpc.connect_tracker(device.tracker_host, device.tracker_port)
+        workers = tracker_keys(tracker.summary()).get(device.key, 1)
+        tracker.close()
+    return {"device": device, "workers": workers, "fcompile": tvm_cross.cross_compiler(target)}
 
 
 def _quiet_meta_schedule() -> None:
