@@ -34,14 +34,14 @@ def time_runner(fn: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, *, re
     return times
 
 
-def peer_runner(b: Bundle, peer: str) -> Callable[[np.ndarray], np.ndarray] | None:
+def peer_runner(b: Bundle, peer: str, variant: str | None = None) -> Callable[[np.ndarray], np.ndarray] | None:
     """A runner for ``peer`` on the bundle's model, or None when that peer does not apply."""
     from edgeres.backends.onnxruntime import make_runner
 
     if peer == "artifact":
         from edgeres.runtime import load
 
-        return load(b).predict if b.artifact() is not None else None
+        return load(b, variant=variant).predict if b.artifact() is not None else None
     if peer == "onnxruntime-fp32":
         return make_runner(b.file("fp32"))
     if peer == "onnxruntime-int8":
@@ -65,14 +65,20 @@ def peer_runner(b: Bundle, peer: str) -> Callable[[np.ndarray], np.ndarray] | No
 
 
 def measure_latency(bundle_path: str | Path, peers: Iterable[str] = PEERS, *, batch_size: int = 1,
-                    repeats: int = 50) -> dict[str, float]:
-    """Median latency in ms per peer (peers that do not apply are left out)."""
+                    repeats: int = 50, variant: str | None = None) -> dict[str, float]:
+    """Median latency in ms per peer (peers that do not apply are left out). The artifact's row is
+    named ``artifact (<variant>)`` when a portable bundle's variant runs."""
     b = load_bundle(bundle_path)
     h, w = b.preprocessing.input_size
     x = np.random.default_rng(0).standard_normal((batch_size, 3, h, w)).astype(np.float32)
     out: dict[str, float] = {}
     for peer in peers:
-        fn = peer_runner(b, peer)
+        name, fn = peer, peer_runner(b, peer, variant)
+        if peer == "artifact" and fn is not None:
+            from edgeres.runtime import Predictor
+
+            predictor: Predictor = fn.__self__  # type: ignore[attr-defined] - load(...).predict
+            name = f"artifact ({predictor.variant})" if predictor.variant else peer
         if fn is not None:
-            out[peer] = statistics.median(time_runner(fn, x, repeats=repeats))
+            out[name] = statistics.median(time_runner(fn, x, repeats=repeats))
     return out

@@ -139,7 +139,7 @@ def compile_cmd(
     source: str = typer.Argument(..., help="edgeres checkpoint, ONNX file, or zoo name with --weights."),
     target: str = typer.Option(..., "--target", help="Target name (edgeres targets) or a .toml file."),
     out: Optional[Path] = typer.Option(None, "--out", help="Bundle directory (default bundles/<model>-<target>-<precision>)."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | fp16 | int8 (default: the target's)."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | fp16 | bf16 | int8 (default: the target's)."),
     weights: Optional[str] = typer.Option(None, "--weights", help="For a zoo name: torchvision-format .pth, or 'random'."),
     calib: Optional[str] = typer.Option(None, "--calib", help="Calibration images for INT8."),
     val: Optional[str] = typer.Option(None, "--val", help="Labelled images to validate the artifact against FP32."),
@@ -213,11 +213,15 @@ def run(
     images: List[Path] = typer.Argument(..., help="Image files."),
     top_k: int = typer.Option(5, "--top-k"),
     backend: Optional[str] = typer.Option(None, "--backend", help="Override: 'onnxruntime' runs the bundle's ONNX."),
+    variant: Optional[str] = typer.Option(None, "--variant", help="Portable TVM bundles: run this ISA-level variant "
+                                          "(default: the best this CPU runs; also $EDGERES_TVM_VARIANT)."),
 ):
     """Classify images with a bundle; prints the top-k classes with scores."""
     from edgeres.runtime import load
 
-    pred = load(bundle, backend=backend)
+    pred = load(bundle, backend=backend, variant=variant)
+    if pred.variant:
+        console.print(f"variant: {pred.variant}")
     for path, result in zip(images, pred.classify(images, top_k=top_k)):
         console.print(f"[bold]{path}[/bold]")
         for name, p in result:
@@ -230,6 +234,8 @@ def bench(
     vs: Optional[List[str]] = typer.Option(None, "--vs", help="Peers: onnxruntime, torch (repeatable)."),
     batch_size: int = typer.Option(1, "--batch-size"),
     repeats: int = typer.Option(50, "--repeats"),
+    variant: Optional[str] = typer.Option(None, "--variant", help="Portable TVM bundles: time this ISA-level variant "
+                                          "(default: the best this CPU runs)."),
 ):
     """Median latency of the bundle's artifact beside ONNX Runtime / PyTorch."""
     from edgeres.bench import measure_latency
@@ -242,12 +248,12 @@ def bench(
             peers.append("torch")
         else:
             raise UsageError(f"unknown --vs {v!r}; choose onnxruntime or torch")
-    res = measure_latency(bundle, peers, batch_size=batch_size, repeats=repeats)
+    res = measure_latency(bundle, peers, batch_size=batch_size, repeats=repeats, variant=variant)
     t = Table(title=f"latency, batch {batch_size} (median ms)")
     t.add_column("runner")
     t.add_column("ms", justify="right")
     t.add_column("vs artifact", justify="right")
-    base = res.get("artifact")
+    base = next((v for k, v in res.items() if k.startswith("artifact")), None)
     for k, v in res.items():
         t.add_row(k, f"{v:.3f}", f"{v / base:.2f}x" if base else "-")
     console.print(t)

@@ -20,6 +20,11 @@ The table is passed through verbatim except for what edgeres adds on top:
 ``tuning_db``   a MetaSchedule database directory (``database_workload.json`` +
                 ``database_tuning_record.json``) whose schedules are applied at compile time.
 ``threads``     runtime threads for the TVM thread pool (default: TVM's own choice).
+``variants``    x86 ISA levels to compile one variant each for (a portable artifact, see
+                :mod:`edgeres.backends.tvm.variants`); ``target`` is then the baseline's. A
+                ``target`` given in ``options`` (not the TOML) compiles that one library instead.
+``jobs``        compile processes for the variants (default: one per CPU core; 1 compiles them
+                one after another in this process).
 
 Nothing here imports tvm at module level.
 """
@@ -36,7 +41,7 @@ LAYOUTS = ("NCHW", "NHWC")
 SCHEDULES = ("builtin", "none")
 CONVS = ("packed", "topi")
 INT8_MODES = ("integer", "float")
-OPTION_KEYS = ("target", "layout", "conv", "int8", "schedule", "tuning_db", "threads")
+OPTION_KEYS = ("target", "layout", "conv", "int8", "schedule", "tuning_db", "threads", "variants", "jobs")
 TUNING_DB_FILES = ("database_workload.json", "database_tuning_record.json")
 
 
@@ -51,6 +56,8 @@ class TvmOptions:
     schedule: str = "builtin"
     tuning_db: Path | None = None
     threads: int | None = None
+    variants: tuple[str, ...] = ()
+    jobs: int | None = None
 
 
 def parse_options(target: Any, options: Mapping[str, Any] | None = None) -> TvmOptions:
@@ -77,13 +84,23 @@ def parse_options(target: Any, options: Mapping[str, Any] | None = None) -> TvmO
     schedule = str(merged.get("schedule", "builtin"))
     if schedule not in SCHEDULES:
         raise UsageError(f"{where}: schedule must be one of {list(SCHEDULES)}, got {schedule!r}")
-    threads = merged.get("threads")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise UsageError(f"{where}: threads must be a positive integer, got {threads!r}")
+    threads, jobs = merged.get("threads"), merged.get("jobs")
+    for key, value in (("threads", threads), ("jobs", jobs)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise UsageError(f"{where}: {key} must be a positive integer, got {value!r}")
+    variants = merged.get("variants") or ()
+    if options and "target" in options and "variants" not in options:
+        variants = ()  # an explicit TVM target means that one library, not the target's portable set
+    if isinstance(variants, str) or not all(isinstance(v, str) for v in variants):
+        raise UsageError(f"{where}: variants must be a list of x86 ISA level names, got {variants!r}")
+    from edgeres.backends.tvm.variants import get_level
+
+    for v in variants:
+        get_level(v)  # UsageError naming the known levels
     db = merged.get("tuning_db")
     db_path = check_tuning_db(Path(str(db)).expanduser()) if db else None
     return TvmOptions(target=_thaw(tvm_target), layout=layout, conv=conv, int8=int8, schedule=schedule, tuning_db=db_path,
-                      threads=threads)
+                      threads=threads, variants=tuple(variants), jobs=jobs)
 
 
 def check_tuning_db(path: str | Path) -> Path:
@@ -114,6 +131,9 @@ def host_cpu() -> str:
 def resolve_target_dict(tvm_target: Mapping[str, Any], *, cross: bool, target_name: str = "?") -> dict[str, Any]:
     """A copy of ``tvm_target`` with ``mcpu = "native"`` replaced by the host CPU name.
 
+    On x86 the features LLVM assumes for that CPU model but this machine does not offer (in its
+    ``/proc/cpuinfo`` flags: e.g. AMX under a hypervisor that hides it) are switched off in
+    ``mattr``, so the library runs where it was compiled.
     ``cross`` says the target runs on another architecture, where "native" means nothing.
     """
     resolved = _thaw(tvm_target)
@@ -122,7 +142,34 @@ def resolve_target_dict(tvm_target: Mapping[str, Any], *, cross: bool, target_na
             raise UsageError(f"target {target_name!r} is for another CPU architecture, so mcpu = \"native\" "
                              "(this machine's CPU) cannot apply; name the target CPU, e.g. mcpu = \"cortex-a72\"")
         resolved["mcpu"] = host_cpu()
+        if _is_x86(resolved):
+            from edgeres.backends.tvm.variants import CPU_FLAGS, cpu_flags
+
+            have = cpu_flags()
+            if have is not None:
+                off = [f"-{feat}" for feat, flag in CPU_FLAGS.items()
+                       if flag not in have and feat in _llvm_features(resolved)]
+                resolved["mattr"] = [*resolved.get("mattr", []), *off] if off else resolved.get("mattr", [])
+                if not resolved["mattr"]:
+                    del resolved["mattr"]
     return resolved
+
+
+def _is_x86(tvm_target: Mapping[str, Any]) -> bool:
+    return str(tvm_target.get("kind")) == "llvm" and str(tvm_target.get("mtriple", "x86_64")).startswith("x86_64")
+
+
+def _llvm_features(tvm_target: Mapping[str, Any]) -> set[str]:
+    """The CPU_FLAGS features LLVM enables for an x86 target dict."""
+    from tvm.target import codegen
+
+    from edgeres.backends.tvm.variants import CPU_FLAGS
+
+    target = make_target(dict(tvm_target))
+    try:
+        return {f for f in CPU_FLAGS if codegen.llvm_cpu_has_features([f], target)}
+    except Exception:  # noqa: BLE001 - LLVM cannot describe the target
+        return set()
 
 
 def check_mcpu(tvm_target: Mapping[str, Any]) -> None:
@@ -156,30 +203,24 @@ def make_target(tvm_target: Mapping[str, Any]) -> Any:
         raise UsageError(f"TVM rejects the target {dict(tvm_target)}: {reason}; fix the [tvm] target table") from e
 
 
-# LLVM feature name -> /proc/cpuinfo flag, for the instruction sets edgeres' kernels use.
-CPU_FEATURES = {"sse4.2": "sse4_2", "ssse3": "ssse3", "avx2": "avx2", "fma": "fma", "avx512f": "avx512f",
-                "avx512bw": "avx512bw", "avx512vnni": "avx512_vnni"}
+def required_cpu_flags(tvm_target: Mapping[str, Any]) -> list[str]:
+    """The ``/proc/cpuinfo`` flags a library compiled for the x86 ``tvm_target`` needs ([] for other
+    targets): every instruction-set feature LLVM may emit code for on that target."""
+    if not _is_x86(tvm_target):
+        return []
+    from edgeres.backends.tvm.variants import CPU_FLAGS
+
+    features = _llvm_features(tvm_target)
+    return [flag for feat, flag in CPU_FLAGS.items() if feat in features]
 
 
-def missing_host_features(tvm_target: Mapping[str, Any]) -> list[str]:
-    """x86 instruction sets an x86 target dict compiles for that this machine's CPU lacks ([] if none,
-    or when it cannot tell: not Linux, not x86, not an LLVM target)."""
-    flags_file = Path("/proc/cpuinfo")
-    if str(tvm_target.get("kind")) != "llvm" or not str(tvm_target.get("mtriple", "x86_64")).startswith("x86_64") \
-            or not flags_file.is_file():
-        return []
-    flags: set[str] = set()
-    for line in flags_file.read_text(errors="replace").splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            break
-    if not flags:
-        return []
-    from tvm.target import codegen
+def missing_host_features(tvm_target: Mapping[str, Any], flags: list[str] | None = None) -> list[str]:
+    """Flags an x86 library (compiled for ``tvm_target``, needing ``flags`` if recorded) needs that this
+    machine's CPU lacks ([] if none, or when it cannot tell: not Linux, not x86, not an LLVM target)."""
+    from edgeres.backends.tvm.variants import cpu_flags
 
-    target = make_target(dict(tvm_target))
-    try:
-        wanted = [f for f in CPU_FEATURES if codegen.llvm_cpu_has_features([f], target)]
-    except Exception:  # noqa: BLE001 - LLVM cannot describe the target: do not block
+    have = cpu_flags()
+    if have is None or not _is_x86(tvm_target):
         return []
-    return [f for f in wanted if CPU_FEATURES[f] not in flags]
+    needed = flags if flags is not None else required_cpu_flags(tvm_target)
+    return [f for f in needed if f not in have]

@@ -2,7 +2,11 @@
 //
 // Usage:
 //   edgeres_tvm_classify model.so input.bin [--shape NxCxHxW] [--labels labels.txt]
-//                        [--topk 5] [--logits] [--repeat N]
+//                        [--topk 5] [--logits] [--repeat N] [--variant NAME]
+//   edgeres_tvm_classify model.so --list-variants
+//
+// Portable bundles (target x86-64) hold one library per x86 ISA level and model.variants; the
+// runner loads the best one this CPU runs, or --variant NAME / $EDGERES_TVM_VARIANT (variants.h).
 //
 // input.bin holds raw little-endian float32 values in NCHW order, already preprocessed
 // (resized, cropped, normalised) as the bundle's manifest.json says. --shape is the input
@@ -39,6 +43,8 @@
 #include <string>
 #include <vector>
 
+#include "variants.h"
+
 namespace ffi = tvm::ffi;
 
 namespace {
@@ -58,11 +64,14 @@ struct Options {
     int topk = 5;
     bool logits = false;
     int repeat = 0;
+    std::string variant;
+    bool listVariants = false;
 };
 
 void usage() {
     std::cerr << "usage: edgeres_tvm_classify model.so input.bin [--shape NxCxHxW] "
-                 "[--labels labels.txt] [--topk K] [--logits] [--repeat N]\n";
+                 "[--labels labels.txt] [--topk K] [--logits] [--repeat N] [--variant NAME]\n"
+                 "       edgeres_tvm_classify model.so --list-variants\n";
 }
 
 std::vector<int64_t> parseShape(const std::string& text) {
@@ -111,6 +120,10 @@ Options parseArgs(int argc, char** argv) {
             o.repeat = parsePositive(a, next());
         } else if (a == "--logits") {
             o.logits = true;
+        } else if (a == "--variant") {
+            o.variant = next();
+        } else if (a == "--list-variants") {
+            o.listVariants = true;
         } else if (a == "-h" || a == "--help") {
             usage();
             std::exit(0);
@@ -120,6 +133,10 @@ Options parseArgs(int argc, char** argv) {
         } else {
             positional.push_back(a);
         }
+    }
+    if (o.listVariants && positional.size() == 1) {
+        o.model = positional[0];
+        return o;
     }
     if (positional.size() != 2) {
         usage();
@@ -269,11 +286,17 @@ ffi::Tensor runMain(const ffi::Function& mainFn, const ffi::Tensor& input) {
 
 int main(int argc, char** argv) {
     Options o = parseArgs(argc, argv);
+    if (o.listVariants) {
+        edgeres::listVariants(o.model);
+        return 0;
+    }
+    std::string variant;
+    std::string library = edgeres::selectLibrary(o.model, o.variant, &variant);
     std::vector<float> host = readFloats(o.input);
     int64_t samples = 0;
     std::vector<int64_t> shape = resolveShape(o, host.size(), &samples);
     std::vector<std::string> labels = readLabels(o);
-    ffi::Module lib = loadLibrary(o.model);
+    ffi::Module lib = loadLibrary(library);
     try {
         auto load = lib->GetFunction("vm_load_executable", true);
         if (!load) die(o.model + " is not a TVM Relax VM library (no vm_load_executable)");
@@ -289,6 +312,7 @@ int main(int argc, char** argv) {
         float* dst = static_cast<float*>(input.data_ptr());
         const int64_t batch = shape[0];
         const int64_t per = shape[1] * shape[2] * shape[3];
+        if (!variant.empty()) std::printf("# variant=%s library=%s\n", variant.c_str(), library.c_str());
         std::printf("# edgeres_tvm_classify model=%s shape=%lldx%lldx%lldx%lld samples=%lld\n", o.model.c_str(),
                     static_cast<long long>(shape[0]), static_cast<long long>(shape[1]),
                     static_cast<long long>(shape[2]), static_cast<long long>(shape[3]),
