@@ -117,7 +117,7 @@ def test_portable_int8_bundle_runs_every_variant_this_cpu_can(portable_int8, mak
     listed = (art.path.parent / "model.variants").read_text().splitlines()[1:]
     assert [ln.split("\t")[0] for ln in listed] == names
     for v in art.info["variants"]:
-        assert v["conv_kernels"]["packed_int8"] == 19, v  # every convolution integer, on every level
+        assert v["conv_kernels"]["packed_int8"] == 20, v  # every convolution and the classifier integer, everywhere
         assert len(v["sha256"]) == 64 and v["file"] in art.files
     x = make_images(4, 32, seed=3)
     ref = ortb.make_runner(q)(x)

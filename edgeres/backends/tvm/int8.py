@@ -54,7 +54,7 @@ SATURATING = ("avx512bw", "avx2", "ssse3")  # vpmaddubsw: weights must fit 7 bit
 WEIGHT_LIMIT_7BIT = 64
 INT8_FLOAT_NOTE = ("quantized convolutions run as quantize->dequantize->float kernels (INT8 numerics, float "
                    "speed): {why}")
-INT8_INTEGER_NOTE = ("{n} of {total} quantized convolutions run integer kernels ({kind}){rest}")
+INT8_INTEGER_NOTE = ("{n} of {total} quantized convolutions (the classifier counts as one) run integer kernels ({kind}){rest}")
 INTRIN_PREFIX = "edgeres_dot_16x4_"
 FUNC_NAME = "conv2d_nhwc_packed_int8"
 
@@ -250,7 +250,7 @@ def integer_convolutions(mod: Any, target: Any) -> tuple[Any, dict[str, int]]:
     if kind is None:
         return mod, counts
     ops = {n: ir.Op.get(f"relax.{n}") for n in ("nn.conv2d", "multiply", "subtract", "astype", "permute_dims",
-                                                "dequantize")}
+                                                "dequantize", "reshape")}
 
     @relax.expr_functor.mutator
     class _Rewriter(relax.PyExprMutator):  # type: ignore[misc]
@@ -263,6 +263,13 @@ def integer_convolutions(mod: Any, target: Any) -> tuple[Any, dict[str, int]]:
             return bound if isinstance(bound, relax.Call) and bound.op == ops[op] else None
 
         def _activation(self, data: Any) -> tuple[Any, float, int] | None:
+            flat = self._bound(data, "reshape")  # a classifier's input, reshaped to a 1x1 image (dense.py)
+            if flat is not None:
+                found = self._activation(flat.args[0])
+                if found is None:
+                    return None
+                q, s, z = found
+                return self.builder_.emit(relax.op.reshape(q, flat.args[1])), s, z
             perm = self._bound(data, "permute_dims")  # the model input: quantized in NCHW, then transposed
             if perm is not None:
                 if [int(a) for a in perm.attrs.axes] != [0, 2, 3, 1]:

@@ -25,17 +25,24 @@ def lower(mod: Any, tvm_target: Any, opts: tt.TvmOptions, counts: dict[str, int]
         integer = opts.int8 == "integer" and opts.conv == "packed" and int8_kind(tvm_target) is not None
         mod = fold_activation_qdq(mod, integer=integer)  # else ConvertLayout wraps each Q/DQ pair in transposes
         mod = fold_layout_constants(relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})(mod))
+        if opts.conv == "packed":
+            from edgeres.backends.tvm.dense import dense_as_conv
+
+            mod = dense_as_conv(mod)  # the classifier on the packed kernels too
         if integer:
             with tvm_target:
                 mod, found = integer_convolutions(mod, tvm_target)
             if counts is not None:
                 counts.update(found)
+            from edgeres.backends.tvm.qdq import drop_idle_casts
+
+            mod = drop_idle_casts(mod)
         mod = fold_layout_constants(mod, dequantize=True)
     with tvm_target:
         if opts.conv == "packed" and tvm_target.kind.name == "llvm":
             from edgeres.backends.tvm.conv import legalize_map
 
-            mod = relax.transform.LegalizeOps(legalize_map())(mod)  # the rest: TVM's legalization
+            mod = relax.transform.LegalizeOps(legalize_map(precision))(mod)  # the rest: TVM's legalization
         # get_pipeline("zero"), with FoldConstant only where a kernel has constant inputs alone: on
         # ResNet-50 FP32 it spent 3 s of CPU finding nothing to fold.
         mod = relax.transform.AnnotateTIROpPattern()(relax.transform.LegalizeOps()(mod))
