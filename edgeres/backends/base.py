@@ -196,6 +196,6 @@ def check_precision(counts: Mapping[str, int], precision: str, name: str, target
     if precision == "int8" and n_qdq == 0:
         raise UsageError(f"{name} has no QuantizeLinear/DequantizeLinear nodes, so it cannot be compiled as int8; "
                          "quantize it first (edgeres quantize) or use precision fp32")
-    if precision == "fp32" and n_qdq:
-        raise UsageError(f"{name} is a quantized (Q/DQ) model but precision fp32 was asked for; "
+    if precision in ("fp32", "bf16") and n_qdq:
+        raise UsageError(f"{name} is a quantized (Q/DQ) model but precision {precision} was asked for; "
                          "pass the FP32 ONNX model, or precision int8")

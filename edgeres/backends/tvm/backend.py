@@ -40,7 +40,7 @@ from edgeres.errors import UsageError
 from edgeres.fileio import write_json
 
 NAME = "tvm"
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "int8", "bf16")
 
 
 def tuning_module(onnx_path: str | os.PathLike, target: Any,
@@ -104,6 +104,23 @@ def check_target_precision(target: Any, precision: str, opts: tt.TvmOptions) -> 
     """UsageError when the TVM backend, or the CPU the target compiles for, cannot run ``precision``."""
     if precision not in PRECISIONS:
         raise UsageError(f"the tvm backend compiles precisions {list(PRECISIONS)}, not {precision!r}")
+    if precision != "bf16":
+        return
+    name = getattr(target, "name", "?")
+    if opts.variants:
+        from edgeres.backends.tvm.variants import levels_for
+
+        if not levels_for(opts.variants, "bf16"):
+            raise UsageError(f"target {name!r} has no ISA level with BF16 (its variants: {list(opts.variants)}); "
+                             "use --precision fp32 or int8")
+        return
+    from edgeres.backends.tvm.bf16 import supported
+
+    target_dict = tt.resolve_target_dict(opts.target, cross=tvm_cross.needs_cross(target), target_name=name)
+    if not supported(tt.make_target(target_dict)):
+        raise UsageError(f"target {name!r} compiles for {target_dict.get('mcpu', 'a CPU')}, which has no BF16 dot "
+                         "product (AVX512_BF16: Cooper Lake, Sapphire Rapids, Zen 4 and later); edgeres' TVM BF16 "
+                         "kernels need it: use --precision fp32 or int8, or --target x86-64 / x86-64-host on such a CPU")
 
 
 class TvmBackend(Backend):

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from edgeres.backends.tvm import bf16 as tvm_bf16
 from edgeres.backends.tvm import int8 as tvm_int8
 from edgeres.backends.tvm import primitives as prim
 from edgeres.backends.tvm import tiles
@@ -42,8 +43,11 @@ INT8_QUAD_UNROLL = 1
 WEIGHT_CACHE_BYTES = 256 * 1024
 
 
-def legalize_map() -> dict[str, Any]:
-    """``customize_legalize_map`` for ``relax.transform.LegalizeOps``."""
+def legalize_map(precision: str = "fp32") -> dict[str, Any]:
+    """``customize_legalize_map`` for ``relax.transform.LegalizeOps``; ``precision="bf16"``: the
+    convolutions run BF16 (:mod:`edgeres.backends.tvm.bf16`) where the target has AVX512_BF16."""
+    if precision == "bf16":
+        return {"relax.nn.conv2d": lambda bb, call: _legalize_conv2d(bb, call, bf16=True)}
     return {"relax.nn.conv2d": _legalize_conv2d}
 
 
@@ -61,18 +65,22 @@ def eligible(call: Any) -> bool:
     return dshape is not None and wshape is not None and len(dshape) == 4 and wshape[3] % 8 == 0
 
 
-def _legalize_conv2d(bb: Any, call: Any) -> Any:
+def _legalize_conv2d(bb: Any, call: Any, bf16: bool = False) -> Any:
     import numpy as np
     from tvm import ir, relax
+    from tvm.target import Target
 
     if not eligible(call):
         default = ir.Op.get("relax.nn.conv2d").get_attr("FLegalize")
         return default(bb, call)
     a = call.attrs
     data, weight = call.args
-    from tvm.target import Target
-
     _, _, c, k = static_shape(weight.ty)
+    conv_args = ([int(s) for s in a.strides], [int(p) for p in a.padding], [int(d) for d in a.dilation])
+    if bf16 and isinstance(weight, ir.expr.Constant) and k % tvm_bf16.BLOCK == 0 \
+            and tvm_bf16.supported(Target.current(allow_none=True)):
+        packed = relax.const(tvm_bf16.pack_weights(weight.value.numpy()), "uint16")
+        return bb.call_te(tvm_bf16.bf16_conv, data, packed, *conv_args, primfunc_name_hint=tvm_bf16.FUNC_NAME)
     block, _ = tiles.float_tiles(Target.current(allow_none=True), k, c)
     if isinstance(weight, ir.expr.Constant):  # packed here in numpy: FoldConstant would compile a kernel per shape
         w = weight.value.numpy()
@@ -81,8 +89,7 @@ def _legalize_conv2d(bb: Any, call: Any) -> Any:
                              str(w.dtype))
     else:
         packed = bb.emit(bb.call_te(pack_weights, weight, block, primfunc_name_hint="conv2d_weight_pack"))
-    return bb.call_te(packed_conv, data, packed, [int(s) for s in a.strides], [int(p) for p in a.padding],
-                      [int(d) for d in a.dilation], primfunc_name_hint="conv2d_nhwc_packed")
+    return bb.call_te(packed_conv, data, packed, *conv_args, primfunc_name_hint="conv2d_nhwc_packed")
 
 
 def pack_weights(w: Any, block: int) -> Any:
@@ -157,7 +164,10 @@ def schedule_packed(sch: Any, acc: Any, target: Any = None) -> None:
     _, oh, ow, _ = (int(iv.dom.extent) for iv in sch.get(out).iter_vars)
     red = [int(iv.dom.extent) for iv in sch.get(acc).iter_vars[3:]]  # ry, rx, rc[, rj]
     kind = None
-    if len(red) == 4:  # the integer kernel (tvm_int8): rc counts quads of input channels
+    if len(red) == 4 and red[3] == tvm_bf16.PAIR:  # the BF16 kernel: rc counts pairs of input channels
+        kind = "bf16"
+        vec, rows = tiles.bf16_tiles(target, k)
+    elif len(red) == 4:  # the integer kernel (tvm_int8): rc counts quads of input channels
         kind = tvm_int8.int8_kind(target)
         if kind is None:
             raise ValueError("integer packed convolution on a target without a dot-product instruction")
@@ -207,11 +217,11 @@ def schedule_packed(sch: Any, acc: Any, target: Any = None) -> None:
 
 
 def _schedule_int8_tile(sch: Any, acc: Any, outer: list[Any], red: list[int], kind: str) -> None:
-    """The integer kernel's register tile: pixels unrolled, the 16 x 4 dot product tensorized."""
+    """The integer (BF16) kernel's register tile: pixels unrolled, the 16 x 4 (16 x 2) dot product tensorized."""
     _, a_p, a_f, r_y, r_x, r_c, r_j = sch.get_loops(acc)[len(outer):]
     unroll = prim.largest_divisor(red[2], INT8_QUAD_UNROLL)
     rc_o, rc_i = sch.split(r_c, factors=[None, unroll])
-    a_w, a_f = sch.split(a_f, factors=[None, tvm_int8.BLOCK])  # W dot products of 16 channels per pixel
+    a_w, a_f = sch.split(a_f, factors=[None, 16])  # W dot products of 16 channels per pixel
     sch.reorder(r_y, r_x, rc_o, rc_i, a_p, a_w, a_f, r_j)
     sch.unroll(rc_i)
     sch.unroll(a_w)
@@ -219,6 +229,11 @@ def _schedule_int8_tile(sch: Any, acc: Any, outer: list[Any], red: list[int], ki
         sch.unroll(r_x)
     sch.unroll(a_p)
     prim.parallelize(sch, outer)
+    top = sch.get_loops(acc)[0]
     init = sch.decompose_reduction(acc, r_y)
     sch.vectorize(sch.get_loops(init)[-1])
-    sch.tensorize(a_f, tvm_int8.intrinsic(kind))
+    if kind == "bf16":
+        sch.tensorize(a_f, tvm_bf16.intrinsic())
+        sch.annotate(top, "pragma_import_llvm", tvm_bf16.DOT_LLVM)  # vdpbf16ps, inlined
+    else:
+        sch.tensorize(a_f, tvm_int8.intrinsic(kind))

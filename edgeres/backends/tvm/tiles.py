@@ -7,9 +7,10 @@ unrolled, channels vectorized. Its size is set by the register file, not by the 
 ==========  =====================  ===========================  ==========================
 ISA         registers              float32 tile (ch x pixels)   integer tile (ch x pixels)
 ==========  =====================  ===========================  ==========================
-``avx512``  32 zmm x 16 fp32       32 x 14 = 28 zmm (few input   32 x 14 = 28 zmm
+``avx512``  32 zmm x 16 fp32       32 x 14 = 28 zmm (few input   32 x 14 = 28 zmm (VNNI, BF16)
                                    channels: 64 x 6 = 24 zmm)
-``avx2``    16 ymm x 8 fp32        16 x 6 = 12 ymm              16 x 4 = 8 ymm (+ temps)
+``avx2``    16 ymm x 8 fp32        16 x 6 = 12 ymm              16 x 4 = 8 ymm (+ temps);
+                                                                AVX-VNNI 16 x 6 = 12 ymm
 ``sse``     16 xmm x 4 fp32        8 x 6 = 12 xmm               16 x 2 = 8 xmm (+ temps)
 ``neon``    32 q x 4 fp32          16 x 6 = 24 q                16 x 4 = 16 q
 ==========  =====================  ===========================  ==========================
@@ -93,6 +94,11 @@ def float_tiles(target: Any, k: int, c: int) -> tuple[int, tuple[int, ...]]:
 def int8_tiles(kind: str, k: int) -> tuple[int, tuple[int, ...]]:
     """``(channels, pixel tiles best first)`` of the integer kernel of ``kind`` (channels: 16 x W)."""
     return _choose(INT8_TILES[kind], k)
+
+
+def bf16_tiles(target: Any, k: int) -> tuple[int, tuple[int, ...]]:
+    """``(channels, pixel tiles best first)`` of the BF16 kernel (``vdpbf16ps`` zmm: as the VNNI tile)."""
+    return _choose(INT8_TILES["vnni"], k)
 
 
 def pixel_tile(pixels: int, tiles: tuple[int, ...]) -> int:
