@@ -13,8 +13,10 @@ strict FP32) and INT8 (the same Q/DQ file) with ``--vs openvino``, and the TVM a
 precision. For a portable target (``x86-64``) the artifact is compiled once and *every variant
 this CPU can run* is measured (``--variant`` forces one at run time; the same machinery).
 
-Runners are built first, then measured in ``--passes`` passes; within a pass they take turns
-call by call (round robin), so a shared machine's slow moments hit all of them alike. Each row
+Runners are built first, then measured in ``--passes`` passes; within a pass each runner is
+warmed up and then timed ``--repeats`` calls in a row (not call by call in turns: TVM's and ONNX
+Runtime's worker threads spin after a call, and interleaved runtimes on few cores starve each
+other: 100x slowdowns on 2 cores), so a shared machine's slow drifts cancel out of the per-pass ratios. Each row
 reports the median over passes of its per-pass median, the median per-pass ratio to ONNX
 Runtime *of the same precision* (FP32 rows to ORT FP32, INT8 rows to ORT INT8, BF16 rows to
 ORT FP32) and the throughput in images/s (batch / latency). ``--clock cpu`` times CPU seconds
@@ -168,17 +170,16 @@ def build_runners(name: str, args, target, work: Path) -> tuple[list[tuple[dict,
 
 
 def measure(runners: list[tuple[dict, object]], x: np.ndarray, passes: int, repeats: int, clock: str) -> list[dict]:
-    """Per pass: the runners take turns call by call; per row the median of per-pass medians and the
-    median per-pass ratio to ONNX Runtime of the same precision."""
+    """Per pass: each runner warmed up, then ``repeats`` calls in a row; per row the median of per-pass
+    medians and the median per-pass ratio to ONNX Runtime of the same precision."""
     tick = time.process_time if clock == "cpu" else time.perf_counter
-    for _, fn in runners:  # warm-up
-        fn(x)
-        fn(x)
     per_pass: list[list[float]] = [[] for _ in runners]
     for p in range(passes):
         samples: list[list[float]] = [[] for _ in runners]
-        for _ in range(repeats):
-            for i, (_, fn) in enumerate(runners):
+        for i, (_, fn) in enumerate(runners):
+            fn(x)  # warm-up: this runtime's threads awake, its caches filled
+            fn(x)
+            for _ in range(repeats):
                 t = tick()
                 fn(x)
                 samples[i].append((tick() - t) * 1000.0)
