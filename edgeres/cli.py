@@ -138,7 +138,7 @@ def compile_cmd(
     target: str = typer.Option(..., "--target", help="Target name (edgeres targets) or a .toml file."),
     out: Optional[Path] = typer.Option(None, "--out", help="Bundle folder (default: in bundles/, named "
                                        "MODEL-TARGET-PRECISION). An existing bundle there is replaced."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | fp16 | int8 (default: the target's)."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | fp16 | bf16 | int8 (default: the target's)."),
     weights: Optional[str] = typer.Option(None, "--weights", help="For a zoo name: torchvision-format .pth, or 'random'."),
     calib: Optional[str] = typer.Option(None, "--calib", help="Calibration images for INT8."),
     val: Optional[str] = typer.Option(None, "--val", help="Labelled images to validate the artifact against FP32."),

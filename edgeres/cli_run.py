@@ -27,6 +27,8 @@ def _register_run(app: typer.Typer, console) -> None:  # noqa: ANN001
         images: List[Path] = typer.Argument(..., help="Image files, or folders (their images, sorted)."),
         top_k: int = typer.Option(5, "--top-k", help="Classes to print per image."),
         backend: Optional[str] = typer.Option(None, "--backend", help="Override: 'onnxruntime' runs the bundle's ONNX."),
+        variant: Optional[str] = typer.Option(None, "--variant", help="Portable TVM bundles: run this ISA-level "
+                                              "variant (default: the best this CPU runs; also $EDGERES_TVM_VARIANT)."),
     ):
         """Classify images with a bundle; prints the top-k classes with scores."""
         from edgeres.runtime import load
@@ -34,7 +36,9 @@ def _register_run(app: typer.Typer, console) -> None:  # noqa: ANN001
         if top_k < 1:
             raise UsageError(f"--top-k must be at least 1, got {top_k}")
         warn_random_weights(bundle)
-        pred = load(bundle, backend=backend)
+        pred = load(bundle, backend=backend, variant=variant)
+        if pred.variant:
+            console.print(f"variant: {pred.variant}", markup=False)
         files = expand_images(images)
         for start in range(0, len(files), 64):  # a folder of thousands of images: a batch at a time
             chunk = files[start:start + 64]
@@ -64,6 +68,8 @@ def _register_bench(app: typer.Typer, console) -> None:  # noqa: ANN001
         tracker: Optional[str] = cli_device.TrackerOpt,
         key: Optional[str] = cli_device.KeyOpt,
         devices: Optional[List[Path]] = cli_device.DevicesOpt,
+        variant: Optional[str] = typer.Option(None, "--variant", help="Portable TVM bundles: time this ISA-level "
+                                              "variant (default: the best this CPU runs)."),
     ):
         """Median latency of the bundle's artifact beside ONNX Runtime / PyTorch; with --device/--tracker, on
         the board: median/p90/p99 and throughput, beside ONNX Runtime on the board when it has it."""
@@ -91,7 +97,10 @@ def _register_bench(app: typer.Typer, console) -> None:  # noqa: ANN001
                 peers.append("torch")
             else:
                 raise UsageError(f"unknown --vs {v!r}; choose onnxruntime or torch")
-        res = measure_latency(bundle, peers, batch_size=batch_size, repeats=repeats)
+        ran: dict = {}
+        res = measure_latency(bundle, peers, batch_size=batch_size, repeats=repeats, variant=variant, info=ran)
+        if ran.get("variant"):
+            console.print(f"variant: {ran['variant']}", markup=False)
         if json_out:
             write_latency(json_out, res, bundle=bundle, batch_size=batch_size, repeats=repeats)
         t = Table(title=f"latency, batch {batch_size} (median ms)")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import statistics
 import time
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -64,7 +64,7 @@ def time_runner(fn: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, *, re
     return times
 
 
-def peer_runner(b: Bundle, peer: str) -> Callable[[np.ndarray], np.ndarray] | None:
+def peer_runner(b: Bundle, peer: str, variant: str | None = None) -> Callable[[np.ndarray], np.ndarray] | None:
     """A runner for ``peer`` on the bundle's model, or None when that peer does not apply."""
     from edgeres.backends.onnxruntime import make_runner
 
@@ -74,7 +74,7 @@ def peer_runner(b: Bundle, peer: str) -> Callable[[np.ndarray], np.ndarray] | No
 
         if b.artifact() is None:
             return None
-        pred = load(b)
+        pred = load(b, variant=variant)
         return pred.features if every else pred.predict
     if peer in ("onnxruntime-fp32", "onnxruntime-int8"):
         path = b.file(peer.rsplit("-", 1)[1])
@@ -103,16 +103,22 @@ def peer_runner(b: Bundle, peer: str) -> Callable[[np.ndarray], np.ndarray] | No
 
 
 def measure_latency(bundle_path: str | Path, peers: Iterable[str] = PEERS, *, batch_size: int = 1,
-                    repeats: int = 50) -> dict[str, float]:
-    """Median latency in ms per peer (peers that do not apply are left out)."""
+                    repeats: int = 50, variant: str | None = None, info: dict[str, Any] | None = None
+                    ) -> dict[str, float]:
+    """Median latency in ms per peer (peers that do not apply are left out). ``variant``: the ISA
+    level of a portable bundle to time; ``info`` (a dict), when given, receives ``variant``, the one
+    that ran (None for single-library artifacts)."""
     b = load_bundle(bundle_path)
     h, w = b.preprocessing.input_size
     x = np.random.default_rng(0).standard_normal((batch_size, 3, h, w)).astype(np.float32)
     out: dict[str, float] = {}
     for peer in peers:
-        fn = peer_runner(b, peer)
-        if fn is not None:
-            out[peer] = statistics.median(time_runner(fn, x, repeats=repeats))
+        fn = peer_runner(b, peer, variant)
+        if fn is None:
+            continue
+        if peer == "artifact" and info is not None:
+            info["variant"] = getattr(getattr(fn, "__self__", None), "variant", None)
+        out[peer] = statistics.median(time_runner(fn, x, repeats=repeats))
     return out
 
 

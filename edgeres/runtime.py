@@ -37,6 +37,13 @@ class Predictor:
     backend: str
 
     @property
+    def variant(self) -> str | None:
+        """The compiled variant that runs (a portable TVM bundle's ISA level), or None."""
+        from edgeres.backends.base import runner_variant
+
+        return runner_variant(self.runner)
+
+    @property
     def preprocessing(self) -> Preprocessing:
         return self.bundle.preprocessing
 
@@ -92,15 +99,19 @@ class Predictor:
         return out
 
 
-def load(bundle: str | os.PathLike | Bundle, *, backend: str | None = None, verify: bool = True) -> Predictor:
+def load(bundle: str | os.PathLike | Bundle, *, backend: str | None = None, verify: bool = True,
+         variant: str | None = None) -> Predictor:
     """Load a bundle's artifact. ``backend="onnxruntime"`` runs the bundle's deployed ONNX model
-    (INT8 Q/DQ if quantized) on ONNX Runtime instead of the compiled artifact."""
+    (INT8 Q/DQ if quantized) on ONNX Runtime instead of the compiled artifact. ``variant`` forces
+    one compiled variant of a portable bundle (default: the best this CPU runs)."""
     from edgeres.backends import get_backend
 
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, verify=verify)
     if backend == "onnxruntime" or (backend is None and b.backend == "onnxruntime" and b.artifact() is None):
         from edgeres.backends.onnxruntime import make_runner
 
+        if variant:
+            raise UsageError("--variant selects a compiled variant of the artifact; it does not apply to ONNX Runtime")
         return Predictor(b, make_runner(b.deploy_onnx), "onnxruntime")
     art = b.artifact()
     if backend not in (None, b.backend):
@@ -110,7 +121,7 @@ def load(bundle: str | os.PathLike | Bundle, *, backend: str | None = None, veri
             f"bundle {b.root} holds no compiled artifact yet (target {b.target_name}); build it on the device "
             f"with `edgeres build-engine {b.root}`, or run its ONNX with backend='onnxruntime'"
         )
-    return Predictor(b, get_backend(b.backend).load(art), b.backend)
+    return Predictor(b, get_backend(b.backend).load(art, variant=variant), b.backend)
 
 
 __all__ = ["Predictor", "load", "softmax"]

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping
 from edgeres.errors import InputError, TargetNotFound
 
 BACKENDS = ("tvm", "onnxruntime", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 QDQ_FORMS = ("cpu", "tensorrt")
 ENV_PATH = "EDGERES_TARGETS_PATH"
 

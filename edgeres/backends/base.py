@@ -65,11 +65,20 @@ class Artifact:
 
 
 class Runner(Protocol):
+    """Maps an NCHW float32 batch to (N, classes) float32 logits (``run_all``: every output, for feature
+    extractors). Runners of artifacts with compiled variants also say which one runs (``variant``: a
+    name, else None); see :func:`runner_variant`."""
+
     def __call__(self, batch: np.ndarray) -> np.ndarray:  # NCHW float32 -> (N, classes) float32 (first output)
         ...
 
     def run_all(self, batch: np.ndarray) -> list[np.ndarray]:  # every output, in the model's order (features)
         ...
+
+
+def runner_variant(runner: Any) -> str | None:
+    """The compiled variant ``runner`` runs (a portable TVM artifact's ISA level), or None."""
+    return getattr(runner, "variant", None)
 
 
 def run_in_chunks(fn, batch: np.ndarray, fixed_batch: int | None) -> np.ndarray:
@@ -186,8 +195,18 @@ class Backend(abc.ABC):
         """Compile ``onnx_path`` for ``target`` into ``out_dir``."""
 
     @abc.abstractmethod
-    def load(self, artifact: Artifact | str | os.PathLike, target: Any = None) -> Runner:
-        """A Runner for a compiled artifact (an Artifact, its main file, or its directory)."""
+    def load(self, artifact: Artifact | str | os.PathLike, target: Any = None, *,
+             variant: str | None = None) -> Runner:
+        """A Runner for a compiled artifact (an Artifact, its main file, or its directory).
+
+        ``variant`` forces one of an artifact's compiled variants (e.g. a portable TVM artifact's
+        ISA levels); backends that compile a single artifact refuse it (:meth:`no_variants`)."""
+
+    def no_variants(self, variant: str | None) -> None:
+        """UsageError when ``variant`` is given to a backend whose artifacts have no variants."""
+        if variant:
+            raise UsageError(f"the {self.name} backend compiles one artifact per target; --variant ({variant!r}) "
+                             "applies to TVM's portable x86 bundles")
 
     def install_hint(self) -> str:
         return f"pip install '{self.extra}'"
@@ -263,6 +282,6 @@ def check_precision(counts: Mapping[str, int], precision: str, name: str, target
     if precision == "int8" and n_qdq == 0:
         raise UsageError(f"{name} has no QuantizeLinear/DequantizeLinear nodes, so it cannot be compiled as int8; "
                          "quantize it first (edgeres quantize) or use precision fp32")
-    if precision == "fp32" and n_qdq:
-        raise UsageError(f"{name} is a quantized (Q/DQ) model but precision fp32 was asked for; "
+    if precision in ("fp32", "bf16") and n_qdq:
+        raise UsageError(f"{name} is a quantized (Q/DQ) model but precision {precision} was asked for; "
                          "pass the FP32 ONNX model, or precision int8")

@@ -208,7 +208,7 @@ def test_precision_must_fit_the_model(r20_untrained_onnx, tiny_qdq, tmp_path):
         tb.compile(r20_untrained_onnx, get_target("x86-64"), tmp_path, precision="int8")
     with pytest.raises(UsageError, match="is a quantized \\(Q/DQ\\) model but precision fp32"):
         tb.compile(tiny_qdq, get_target("x86-64"), tmp_path, precision="fp32")
-    with pytest.raises(UsageError, match="compiles precisions \\['fp32', 'int8'\\], not 'fp16'"):
+    with pytest.raises(UsageError, match="compiles precisions \\['fp32', 'int8', 'bf16'\\], not 'fp16'"):
         tb.compile(r20_untrained_onnx, get_target("x86-64"), tmp_path, precision="fp16")
 
 

@@ -104,14 +104,21 @@ def test_conv_topi_option_keeps_tvms_convolution():
     assert not any("conv2d_nhwc_packed" in gv.name_hint for gv, _ in mod.functions_items())
 
 
-def test_sse_target_uses_a_narrower_register_tile():
+def test_register_tiles_follow_the_register_file():
     from tvm.target import Target
+
+    from edgeres.backends.tvm import tiles
 
     sse = Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64-v2"})
     avx2 = Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "znver3"})
+    avx512 = Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64-v4"})
     arm = Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"})
-    assert tvm_conv.vector_block(sse) == 8
-    assert tvm_conv.vector_block(avx2) == tvm_conv.vector_block(arm) == 16
+    assert tiles.float_tiles(sse, 64, 64)[0] == 8
+    assert tiles.float_tiles(avx2, 64, 64)[0] == tiles.float_tiles(arm, 64, 64)[0] == 16
+    block, rows = tiles.float_tiles(avx512, 64, 64)  # 32 zmm: 14 pixels x 2 zmm of accumulators
+    assert block == 32 and rows[0] * block // 16 <= 28
+    assert tiles.float_tiles(avx512, 64, 3)[0] == 64  # the RGB stem: a wider, shorter tile
+    assert tiles.float_tiles(avx512, 16, 16)[0] == 16  # K = 16 (CIFAR ResNets)
     _, vm, _, bias, _ = _build(*CASES[0], target="x86-64")  # generic x86-64-v2 (SSE): still correct
     x = np.zeros((1, 16, 12, 12), "float32")
     r = np.ones((1, 32, 12, 12), "float32")
@@ -122,6 +129,8 @@ def test_sse_target_uses_a_narrower_register_tile():
 
 @pytest.mark.parametrize("pixels,tile", [(3136, 6), (784, 6), (196, 6), (49, 4), (1024, 6), (64, 6), (16, 4), (25, 5), (1, 1)])
 def test_pixel_tile_wastes_little(pixels, tile):
-    assert tvm_conv.pixel_tile(pixels) == tile
+    from edgeres.backends.tvm import tiles
+
+    assert tiles.pixel_tile(pixels, tiles.FLOAT_TILES["avx2"][0][1]) == tile
     padded = -(-pixels // tile) * tile
     assert padded - pixels <= MAX_PIXEL_WASTE * pixels or tile == 1

@@ -261,7 +261,9 @@ class TensorRTBackend(Backend):
                 options: Mapping[str, Any] | None = None) -> Artifact:
         return compile(onnx_path, target, out_dir, precision=precision, options=options)
 
-    def load(self, artifact: Artifact | str | os.PathLike, target: Any = None) -> Runner:
+    def load(self, artifact: Artifact | str | os.PathLike, target: Any = None, *,
+             variant: str | None = None) -> Runner:
+        self.no_variants(variant)
         return load(artifact, target)
 
     def preflight(self, target: Any, precision: str, options: Mapping[str, Any] | None = None) -> None:

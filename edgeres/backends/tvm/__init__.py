@@ -3,11 +3,15 @@
 Modules (none imports tvm at module level):
 
 ==================  ==========================================================================
-``backend``         compile (import, lowering, schedules, ``tvm.compile``, export) and the Backend
+``backend``         compile (one library, or a portable set of variants) and the Backend
+``library``         one library: import, lowering, schedules, ``tvm.compile``, export
+``portable``        a portable x86 artifact: one library per ISA level, in worker processes
+``variants``        the x86 ISA levels, this CPU's flags, which variant runs (no tvm import)
 ``importer``        ONNX -> Relax with a static input shape
 ``options``         the target's ``[tvm]`` table, the TVM target dict, host CPU features
 ``lower``           layout conversion, INT8 rewrite, legalization, schedules applied
 ``primitives``      schedule primitives shared by the kernels and the default schedule
+``tiles``           register tiles of the packed kernels per vector register file (AVX-512, AVX2, ...)
 ``conv``            the packed-weight NHWC float convolution (compute + schedule)
 ``int8``            integer convolutions from Q/DQ models (dot-product intrinsics)
 ``qdq``             activation Q/DQ pairs as elementwise ops

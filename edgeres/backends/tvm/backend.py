@@ -31,15 +31,16 @@ from typing import Any, Mapping
 from edgeres.backends.base import Artifact, Backend, Capabilities, Runner, check_precision
 from edgeres.backends.tvm import cross as tvm_cross
 from edgeres.backends.tvm import options as tt
-from edgeres.backends.tvm.importer import first_line, import_onnx
-from edgeres.backends.tvm.lower import apply_schedules, conv_kernels, lower
+from edgeres.backends.tvm.importer import import_onnx
+from edgeres.backends.tvm.library import build_library
+from edgeres.backends.tvm.lower import lower
 from edgeres.backends.tvm import runner as _runner
 from edgeres.backends.tvm.runner import MODEL_FILE, SIDECAR_FORMAT, sidecar_path
-from edgeres.errors import CompileError, InputError, UsageError
+from edgeres.errors import UsageError
 from edgeres.fileio import write_json
 
 NAME = "tvm"
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "int8", "bf16")
 
 
 def tuning_module(onnx_path: str | os.PathLike, target: Any,
@@ -63,71 +64,63 @@ def compile(onnx_path: str | os.PathLike, target: Any, out_dir: str | os.PathLik
             options: Mapping[str, Any] | None = None) -> Artifact:
     """Compile ``onnx_path`` (FP32, or the Q/DQ INT8 model for ``precision="int8"``) for ``target``.
 
-    Writes ``out_dir/model.so`` and ``out_dir/model.tvm.json`` atomically.
+    Writes ``out_dir/model.so`` and ``out_dir/model.tvm.json`` atomically; a portable target
+    (``variants`` in its ``[tvm]`` table) also writes one ``model.<level>.so`` per further ISA
+    level and ``model.variants`` (:mod:`edgeres.backends.tvm.portable`).
     """
     _runner.require()
     from edgeres.onnx_io import load_model, op_counts
 
     t0 = time.perf_counter()
-    if precision not in PRECISIONS:
-        raise UsageError(f"the tvm backend compiles precisions {list(PRECISIONS)}, not {precision!r}")
     opts = tt.parse_options(target, options)
+    check_target_precision(target, precision, opts)
     src = Path(onnx_path)
     proto = load_model(src)  # one-line InputError for a missing or corrupt model
     check_precision(op_counts(proto), precision, src.name, target)
-    cross = tvm_cross.needs_cross(target)
     tvm_cross.check_tvm_target(target, opts.target)
     tvm_cross.cross_compiler(target)  # fail fast (BackendUnavailable) when the cross toolchain is missing
-    target_dict = tt.resolve_target_dict(opts.target, cross=cross, target_name=getattr(target, "name", "?"))
-    tvm_target = tt.make_target(target_dict)
-    batch = int(getattr(target, "batch_size", 1) or 1)
-    imported = import_onnx(src, batch, proto)
-    del proto
-    rewrite: dict[str, int] = {}
-    try:
-        mod, tuned = apply_schedules(lower(imported.mod, tvm_target, opts, rewrite), tvm_target, opts)
-        convs = conv_kernels(mod)
-        import tvm
-
-        executable = tvm.compile(mod, tvm_target)
-    except (UsageError, InputError):
-        raise
-    except Exception as e:  # noqa: BLE001 - TVM raises TVMError, ValueError, ...
-        hint = ("retry with --option conv=topi, or schedule=none, to rule out edgeres' kernels and schedule"
-                if opts.schedule == "builtin" else "report the model and target to edgeres")
-        raise CompileError(f"TVM could not compile {src.name} for {getattr(target, 'name', '?')}: "
-                           f"{first_line(e)}; {hint}") from e
     out = Path(out_dir)
     so = out / MODEL_FILE
     sidecar_path(so).unlink(missing_ok=True)  # never a stale sidecar next to a new library
-    tvm_cross.export_library(executable, so, target)  # atomic; cross-links for other archs
-    seconds = time.perf_counter() - t0
-    info: dict[str, Any] = {
-        "tvm_version": _runner.version(),
-        "tvm_target": target_dict,
-        "tvm_target_str": str(tvm_target),
-        "arch": tvm_cross.target_arch(target),
-        "layout": opts.layout,
-        "conv": opts.conv,
-        "conv_kernels": convs,
-        "schedule": opts.schedule,
-        "tuning_db": str(opts.tuning_db) if opts.tuning_db else None,
-        "tuned_functions": tuned,
-        "threads": opts.threads,
-        "output_shape": list(imported.output_shape),
-        "output_shapes": [list(o) for o in imported.output_shapes],
-        "int8": opts.int8,
-        "int8_kernels": convs.get("packed_int8", 0) > 0,
-    }
-    if precision == "int8":
-        from edgeres.backends.tvm.int8 import describe
+    if opts.variants:
+        from edgeres.backends.tvm.portable import compile_variants
 
-        info["int8_note"] = describe(opts, tvm_target, rewrite)
-    artifact = Artifact(backend=NAME, path=so, precision=precision, input_name=imported.input_name,
-                        input_shape=imported.input_shape, files=(MODEL_FILE, sidecar_path(so).name),
-                        compile_seconds=seconds, info=info)
+        del proto
+        info, files = compile_variants(src, target, out, precision, opts)
+    else:
+        target_dict = tt.resolve_target_dict(opts.target, cross=tvm_cross.needs_cross(target),
+                                             target_name=getattr(target, "name", "?"))
+        info = build_library(src, target, target_dict, opts, precision, so, proto=proto)
+        files = [MODEL_FILE]
+    shape = info.pop("input_shape")
+    artifact = Artifact(backend=NAME, path=so, precision=precision, input_name=info.pop("input_name"),
+                        input_shape=tuple(shape), files=(*files, sidecar_path(so).name),
+                        compile_seconds=time.perf_counter() - t0, info=info)
     write_json(sidecar_path(so), {"format": SIDECAR_FORMAT, **artifact.to_dict()})
     return artifact
+
+
+def check_target_precision(target: Any, precision: str, opts: tt.TvmOptions) -> None:
+    """UsageError when the TVM backend, or the CPU the target compiles for, cannot run ``precision``."""
+    if precision not in PRECISIONS:
+        raise UsageError(f"the tvm backend compiles precisions {list(PRECISIONS)}, not {precision!r}")
+    if precision != "bf16":
+        return
+    name = getattr(target, "name", "?")
+    if opts.variants:
+        from edgeres.backends.tvm.variants import levels_for
+
+        if not levels_for(opts.variants, "bf16"):
+            raise UsageError(f"target {name!r} has no ISA level with BF16 (its variants: {list(opts.variants)}); "
+                             "use --precision fp32 or int8")
+        return
+    from edgeres.backends.tvm.bf16 import supported
+
+    target_dict = tt.resolve_target_dict(opts.target, cross=tvm_cross.needs_cross(target), target_name=name)
+    if not supported(tt.make_target(target_dict)):
+        raise UsageError(f"target {name!r} compiles for {target_dict.get('mcpu', 'a CPU')}, which has no BF16 dot "
+                         "product (AVX512_BF16: Cooper Lake, Sapphire Rapids, Zen 4 and later); edgeres' TVM BF16 "
+                         "kernels need it: use --precision fp32 or int8, or --target x86-64 / x86-64-host on such a CPU")
 
 
 class TvmBackend(Backend):
@@ -148,15 +141,15 @@ class TvmBackend(Backend):
                 options: Mapping[str, Any] | None = None) -> Artifact:
         return compile(onnx_path, target, out_dir, precision=precision, options=options)
 
-    def load(self, artifact: Artifact | str | os.PathLike, target: Any = None) -> Runner:
-        return _runner.load(artifact, target)
+    def load(self, artifact: Artifact | str | os.PathLike, target: Any = None, *,
+             variant: str | None = None) -> Runner:
+        return _runner.load(artifact, target, variant=variant)
 
     def preflight(self, target: Any, precision: str, options: Mapping[str, Any] | None = None) -> None:
         """TVM imports, the options parse, and a cross target has its toolchain — before any work."""
         self.require()
-        if precision not in PRECISIONS:
-            raise UsageError(f"the tvm backend compiles precisions {list(PRECISIONS)}, not {precision!r}")
         opts = tt.parse_options(target, options)
+        check_target_precision(target, precision, opts)
         tvm_cross.check_tvm_target(target, opts.target)
         tvm_cross.cross_compiler(target)
 

@@ -29,14 +29,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from edgeres.backends.tvm import bf16 as tvm_bf16
 from edgeres.backends.tvm import int8 as tvm_int8
 from edgeres.backends.tvm import primitives as prim
-from edgeres.backends.tvm.primitives import ACC_NAME, MAX_PIXEL_WASTE, OUT_NAME, static_shape
+from edgeres.backends.tvm import tiles
+from edgeres.backends.tvm.primitives import ACC_NAME, OUT_NAME, static_shape
 
-# Output channels per packed weight block = the vectorized extent of a register tile.
-CHANNEL_BLOCK = 16
-# Candidate pixel tiles (register rows), best first for AVX2/NEON with a 16-channel block.
-PIXEL_TILES = (6, 4, 7, 5, 8, 3, 2, 1)
 # Unroll factor of the input-channel loop inside the register tile.
 CHANNEL_UNROLL = 8
 # Unroll factor of the integer kernel's loop over quads of input channels.
@@ -45,17 +43,11 @@ INT8_QUAD_UNROLL = 1
 WEIGHT_CACHE_BYTES = 256 * 1024
 
 
-def pixel_tile(pixels: int) -> int:
-    """Register-tile rows for ``pixels`` output pixels: the first of PIXEL_TILES that wastes little."""
-    for t in PIXEL_TILES:
-        padded = -(-pixels // t) * t
-        if (padded - pixels) <= MAX_PIXEL_WASTE * pixels:
-            return t
-    return 1
-
-
-def legalize_map() -> dict[str, Any]:
-    """``customize_legalize_map`` for ``relax.transform.LegalizeOps``."""
+def legalize_map(precision: str = "fp32") -> dict[str, Any]:
+    """``customize_legalize_map`` for ``relax.transform.LegalizeOps``; ``precision="bf16"``: the
+    convolutions run BF16 (:mod:`edgeres.backends.tvm.bf16`) where the target has AVX512_BF16."""
+    if precision == "bf16":
+        return {"relax.nn.conv2d": lambda bb, call: _legalize_conv2d(bb, call, bf16=True)}
     return {"relax.nn.conv2d": _legalize_conv2d}
 
 
@@ -73,18 +65,31 @@ def eligible(call: Any) -> bool:
     return dshape is not None and wshape is not None and len(dshape) == 4 and wshape[3] % 8 == 0
 
 
-def _legalize_conv2d(bb: Any, call: Any) -> Any:
-    from tvm import ir
+def _legalize_conv2d(bb: Any, call: Any, bf16: bool = False) -> Any:
+    import numpy as np
+    from tvm import ir, relax
+    from tvm.target import Target
 
     if not eligible(call):
         default = ir.Op.get("relax.nn.conv2d").get_attr("FLegalize")
         return default(bb, call)
     a = call.attrs
     data, weight = call.args
-    block = CHANNEL_BLOCK if static_shape(weight.ty)[3] % CHANNEL_BLOCK == 0 else 8
-    packed = bb.emit(bb.call_te(pack_weights, weight, block, primfunc_name_hint="conv2d_weight_pack"))
-    return bb.call_te(packed_conv, data, packed, [int(s) for s in a.strides], [int(p) for p in a.padding],
-                      [int(d) for d in a.dilation], primfunc_name_hint="conv2d_nhwc_packed")
+    _, _, c, k = static_shape(weight.ty)
+    conv_args = ([int(s) for s in a.strides], [int(p) for p in a.padding], [int(d) for d in a.dilation])
+    if bf16 and isinstance(weight, ir.expr.Constant) and k % tvm_bf16.BLOCK == 0 \
+            and tvm_bf16.supported(Target.current(allow_none=True)):
+        packed = relax.const(tvm_bf16.pack_weights(weight.value.numpy()), "uint16")
+        return bb.call_te(tvm_bf16.bf16_conv, data, packed, *conv_args, primfunc_name_hint=tvm_bf16.FUNC_NAME)
+    block, _ = tiles.float_tiles(Target.current(allow_none=True), k, c)
+    if isinstance(weight, ir.expr.Constant):  # packed here in numpy: FoldConstant would compile a kernel per shape
+        w = weight.value.numpy()
+        kh, kw = w.shape[:2]
+        packed = relax.const(np.ascontiguousarray(w.reshape(kh, kw, c, k // block, block).transpose(3, 0, 1, 2, 4)),
+                             str(w.dtype))
+    else:
+        packed = bb.emit(bb.call_te(pack_weights, weight, block, primfunc_name_hint="conv2d_weight_pack"))
+    return bb.call_te(packed_conv, data, packed, *conv_args, primfunc_name_hint="conv2d_nhwc_packed")
 
 
 def pack_weights(w: Any, block: int) -> Any:
@@ -116,7 +121,9 @@ def packed_conv(data: Any, wp: Any, strides: list[int], padding: list[int], dila
     oh = (h + pt + pb - (kh - 1) * dh - 1) // sh + 1
     ow = (w + pl + pr - (kw - 1) * dw - 1) // sw + 1
     pixels = oh * ow
-    tile = pixel_tile(pixels)
+    from tvm.target import Target
+
+    tile = tiles.pixel_tile(pixels, tiles.float_tiles(Target.current(allow_none=True), ko * block, c)[1])
     padded = -(-pixels // tile) * tile
     ry = te.reduce_axis((0, kh), "ry")
     rx = te.reduce_axis((0, kw), "rx")
@@ -132,20 +139,6 @@ def packed_conv(data: Any, wp: Any, strides: list[int], padding: list[int], dila
 
 
 # -- schedule ---------------------------------------------------------------------------
-
-
-def vector_block(target: Any) -> int:
-    """Channels per register-tile row: 16 where 16 vector registers of 256 bits or 32 of 128 exist."""
-    from tvm.target import codegen
-
-    try:
-        if "aarch64" in str(target.attrs.get("mtriple", "")):
-            return CHANNEL_BLOCK
-        if codegen.llvm_cpu_has_features(["avx2"], target):
-            return CHANNEL_BLOCK
-    except Exception:  # noqa: BLE001 - unknown target: the narrow, always-correct tile
-        pass
-    return 8
 
 
 def schedule_packed(sch: Any, acc: Any, target: Any = None) -> None:
@@ -171,16 +164,17 @@ def schedule_packed(sch: Any, acc: Any, target: Any = None) -> None:
     _, oh, ow, _ = (int(iv.dom.extent) for iv in sch.get(out).iter_vars)
     red = [int(iv.dom.extent) for iv in sch.get(acc).iter_vars[3:]]  # ry, rx, rc[, rj]
     kind = None
-    if len(red) == 4:  # the integer kernel (tvm_int8): rc counts quads of input channels
+    if len(red) == 4 and red[3] == tvm_bf16.PAIR:  # the BF16 kernel: rc counts pairs of input channels
+        kind = "bf16"
+        vec, rows = tiles.bf16_tiles(target, k)
+    elif len(red) == 4:  # the integer kernel (tvm_int8): rc counts quads of input channels
         kind = tvm_int8.int8_kind(target)
         if kind is None:
             raise ValueError("integer packed convolution on a target without a dot-product instruction")
-        tile, vec = tvm_int8.pixel_tile(oh * ow, kind), tvm_int8.BLOCK
+        vec, rows = tiles.int8_tiles(kind, k)
     else:
-        tile = pixel_tile(oh * ow)
-        vec = min(vector_block(target) if target is not None else CHANNEL_BLOCK, k)
-        if k % vec:
-            vec = 8 if k % 8 == 0 else k
+        vec, rows = tiles.float_tiles(target, k, red[2])
+    tile = tiles.pixel_tile(oh * ow, rows)
     if padded % tile:
         raise ValueError("pixel padding does not match the pixel tile")
     sch.transform_block_layout(out, lambda b, y, x, f: (b, y * ow + x, f))
@@ -223,16 +217,23 @@ def schedule_packed(sch: Any, acc: Any, target: Any = None) -> None:
 
 
 def _schedule_int8_tile(sch: Any, acc: Any, outer: list[Any], red: list[int], kind: str) -> None:
-    """The integer kernel's register tile: pixels unrolled, the 16 x 4 dot product tensorized."""
+    """The integer (BF16) kernel's register tile: pixels unrolled, the 16 x 4 (16 x 2) dot product tensorized."""
     _, a_p, a_f, r_y, r_x, r_c, r_j = sch.get_loops(acc)[len(outer):]
     unroll = prim.largest_divisor(red[2], INT8_QUAD_UNROLL)
     rc_o, rc_i = sch.split(r_c, factors=[None, unroll])
-    sch.reorder(r_y, r_x, rc_o, rc_i, a_p, a_f, r_j)
+    a_w, a_f = sch.split(a_f, factors=[None, 16])  # W dot products of 16 channels per pixel
+    sch.reorder(r_y, r_x, rc_o, rc_i, a_p, a_w, a_f, r_j)
     sch.unroll(rc_i)
+    sch.unroll(a_w)
     if red[2] < 2:  # one quad of input channels (the stem): unroll the filter row as well
         sch.unroll(r_x)
     sch.unroll(a_p)
     prim.parallelize(sch, outer)
+    top = sch.get_loops(acc)[0]
     init = sch.decompose_reduction(acc, r_y)
     sch.vectorize(sch.get_loops(init)[-1])
-    sch.tensorize(a_f, tvm_int8.intrinsic(kind))
+    if kind == "bf16":
+        sch.tensorize(a_f, tvm_bf16.intrinsic())
+        sch.annotate(top, "pragma_import_llvm", tvm_bf16.DOT_LLVM)  # vdpbf16ps, inlined
+    else:
+        sch.tensorize(a_f, tvm_int8.intrinsic(kind))

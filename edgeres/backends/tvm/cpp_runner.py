@@ -26,7 +26,7 @@ from edgeres.errors import BackendUnavailable, CompileError, InputError
 from edgeres.fileio import atomic_dir
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "cpp_template"
-TEMPLATE_FILES = ("main.cc", "Makefile", "README.md")
+TEMPLATE_FILES = ("main.cc", "variants.h", "Makefile", "README.md")
 CPP_DIRNAME = "cpp"
 EXE_NAME = "edgeres_tvm_classify"
 

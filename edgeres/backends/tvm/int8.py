@@ -18,6 +18,7 @@ kind         instruction (per 16 output channels x 4 input ones)    weights
 ===========  ====================================================  ==============
 ``vnni``     ``vpdpbusd`` zmm (AVX-512 VNNI), u8 x s8               8-bit
 ``avx512bw`` ``vpmaddubsw`` + ``vpmaddwd`` zmm                      7-bit
+``avxvnni``  2 x ``{vex} vpdpbusd`` ymm (AVX-VNNI), u8 x s8         8-bit
 ``avx2``     2 x (``vpmaddubsw`` + ``vpmaddwd``) ymm                7-bit
 ``ssse3``    4 x (``pmaddubsw`` + ``pmaddwd``) xmm                  7-bit
 ``sdot``     4 x ``sdot`` (AArch64 dot product, ARMv8.2), s8 x s8   8-bit
@@ -44,23 +45,16 @@ from typing import Any
 
 import numpy as np
 
-from edgeres.backends.tvm.primitives import ACC_NAME, MAX_PIXEL_WASTE, OUT_NAME, static_shape
+from edgeres.backends.tvm import tiles
+from edgeres.backends.tvm.primitives import ACC_NAME, OUT_NAME, static_shape
 
 BLOCK = 16  # output channels per packed weight block = the intrinsic's lanes
 QUAD = 4  # input channels per dot product
 SATURATING = ("avx512bw", "avx2", "ssse3")  # vpmaddubsw: weights must fit 7 bits
 WEIGHT_LIMIT_7BIT = 64
-# Register-tile rows (pixels) per kind, best first: accumulators are pixels x 16 int32 lanes.
-PIXEL_TILES = {
-    "vnni": (8, 7, 6, 4, 5, 3, 2, 1),
-    "avx512bw": (8, 7, 6, 4, 5, 3, 2, 1),
-    "avx2": (4, 5, 3, 6, 7, 2, 1),
-    "ssse3": (2, 3, 1),
-    "sdot": (4, 5, 3, 6, 7, 2, 1),
-}
 INT8_FLOAT_NOTE = ("quantized convolutions run as quantize->dequantize->float kernels (INT8 numerics, float "
                    "speed): {why}")
-INT8_INTEGER_NOTE = ("{n} of {total} quantized convolutions run integer kernels ({kind}){rest}")
+INT8_INTEGER_NOTE = ("{n} of {total} quantized convolutions (the classifier counts as one) run integer kernels ({kind}){rest}")
 INTRIN_PREFIX = "edgeres_dot_16x4_"
 FUNC_NAME = "conv2d_nhwc_packed_int8"
 
@@ -78,20 +72,12 @@ def int8_kind(target: Any) -> str | None:
             ok = "+dotprod" in mattr or codegen.llvm_cpu_has_features(["dotprod"], target)
             return "sdot" if ok else None
         for kind, features in (("vnni", ["avx512vnni", "avx512bw"]), ("avx512bw", ["avx512bw"]),
-                               ("avx2", ["avx2"]), ("ssse3", ["ssse3"])):
+                               ("avxvnni", ["avxvnni"]), ("avx2", ["avx2"]), ("ssse3", ["ssse3"])):
             if codegen.llvm_cpu_has_features(features, target):
                 return kind
     except Exception:  # noqa: BLE001 - a target LLVM cannot describe: keep the float path
         return None
     return None
-
-
-def pixel_tile(pixels: int, kind: str) -> int:
-    """Register-tile rows for ``pixels`` output pixels (same waste rule as the float kernel)."""
-    for t in PIXEL_TILES[kind]:
-        if -(-pixels // t) * t - pixels <= MAX_PIXEL_WASTE * pixels:
-            return t
-    return 1
 
 
 def input_dtype(kind: str) -> str:
@@ -125,6 +111,7 @@ def intrinsic(kind: str) -> str:
 
     lanes, steps, madd, wd = {  # int32 lanes per instruction, instructions per 16 channels
         "vnni": (16, 1, "llvm.x86.avx512.vpdpbusd.512", ""),
+        "avxvnni": (8, 2, "llvm.x86.avx512.vpdpbusd.256", ""),
         "avx512bw": (16, 1, "llvm.x86.avx512.pmaddubs.w.512", "llvm.x86.avx512.pmaddw.d.512"),
         "avx2": (8, 2, "llvm.x86.avx2.pmadd.ub.sw", "llvm.x86.avx2.pmadd.wd"),
         "ssse3": (4, 4, "llvm.x86.ssse3.pmadd.ub.sw.128", "llvm.x86.sse2.pmadd.wd"),
@@ -143,7 +130,7 @@ def intrinsic(kind: str) -> str:
             # No intermediate variables: TVMScript would make each a local buffer, which TVM
             # allocates through TVMBackendAllocWorkspace inside parallel loops (~700 cycles/tile).
             for j in T.unroll(steps):
-                if kind == "vnni":
+                if kind in ("vnni", "avxvnni"):
                     C[T.ramp(j * lanes, 1, lanes)] = T.call_llvm_pure_intrin(
                         T.llvm_lookup_intrinsic_id(madd), C.vload([j * lanes], f"int32x{lanes}"),
                         T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], f"{a_dtype}x4"), dtype="int32"), lanes),
@@ -214,7 +201,8 @@ def int8_conv(data: Any, wp: Any, comp: Any, scale: Any, strides: list[int], pad
     oh = (h + pt + pb - (kh - 1) * dh - 1) // sh + 1
     ow = (w + pl + pr - (kw - 1) * dw - 1) // sw + 1
     pixels = oh * ow
-    padded = -(-pixels // pixel_tile(pixels, kind)) * pixel_tile(pixels, kind)
+    tile = tiles.pixel_tile(pixels, tiles.int8_tiles(kind, ko * block)[1])
+    padded = -(-pixels // tile) * tile
     ry = te.reduce_axis((0, kh), "ry")
     rx = te.reduce_axis((0, kw), "rx")
     rc = te.reduce_axis((0, cq), "rc")
@@ -262,7 +250,7 @@ def integer_convolutions(mod: Any, target: Any) -> tuple[Any, dict[str, int]]:
     if kind is None:
         return mod, counts
     ops = {n: ir.Op.get(f"relax.{n}") for n in ("nn.conv2d", "multiply", "subtract", "astype", "permute_dims",
-                                                "dequantize")}
+                                                "dequantize", "reshape")}
 
     @relax.expr_functor.mutator
     class _Rewriter(relax.PyExprMutator):  # type: ignore[misc]
@@ -275,6 +263,13 @@ def integer_convolutions(mod: Any, target: Any) -> tuple[Any, dict[str, int]]:
             return bound if isinstance(bound, relax.Call) and bound.op == ops[op] else None
 
         def _activation(self, data: Any) -> tuple[Any, float, int] | None:
+            flat = self._bound(data, "reshape")  # a classifier's input, reshaped to a 1x1 image (dense.py)
+            if flat is not None:
+                found = self._activation(flat.args[0])
+                if found is None:
+                    return None
+                q, s, z = found
+                return self.builder_.emit(relax.op.reshape(q, flat.args[1])), s, z
             perm = self._bound(data, "permute_dims")  # the model input: quantized in NCHW, then transposed
             if perm is not None:
                 if [int(a) for a in perm.attrs.axes] != [0, 2, 3, 1]:

@@ -22,6 +22,11 @@ The table is passed through verbatim except for what edgeres adds on top:
 ``threads``     runtime threads for the TVM thread pool (default: ``TVM_NUM_THREADS`` when set, else
                 ``os.cpu_count()``, as ONNX Runtime uses every core; TVM's own default is half the
                 logical CPUs on x86).
+``variants``    x86 ISA levels to compile one variant each for (a portable artifact, see
+                :mod:`edgeres.backends.tvm.variants`); ``target`` is then the baseline's. A
+                ``target`` given in ``options`` (not the TOML) compiles that one library instead.
+``jobs``        compile processes for the variants (default: one per CPU core; 1 compiles them
+                one after another in this process).
 
 Nothing here imports tvm at module level.
 """
@@ -38,7 +43,7 @@ LAYOUTS = ("NCHW", "NHWC")
 SCHEDULES = ("builtin", "none")
 CONVS = ("packed", "topi")
 INT8_MODES = ("integer", "float")
-OPTION_KEYS = ("target", "layout", "conv", "int8", "schedule", "tuning_db", "threads")
+OPTION_KEYS = ("target", "layout", "conv", "int8", "schedule", "tuning_db", "threads", "variants", "jobs")
 TUNING_DB_FILES = ("database_workload.json", "database_tuning_record.json")
 
 
@@ -53,6 +58,8 @@ class TvmOptions:
     schedule: str = "builtin"
     tuning_db: Path | None = None
     threads: int | None = None
+    variants: tuple[str, ...] = ()
+    jobs: int | None = None
 
 
 def parse_options(target: Any, options: Mapping[str, Any] | None = None) -> TvmOptions:
@@ -79,13 +86,23 @@ def parse_options(target: Any, options: Mapping[str, Any] | None = None) -> TvmO
     schedule = str(merged.get("schedule", "builtin"))
     if schedule not in SCHEDULES:
         raise UsageError(f"{where}: schedule must be one of {list(SCHEDULES)}, got {schedule!r}")
-    threads = merged.get("threads")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise UsageError(f"{where}: threads must be a positive integer, got {threads!r}")
+    threads, jobs = merged.get("threads"), merged.get("jobs")
+    for key, value in (("threads", threads), ("jobs", jobs)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise UsageError(f"{where}: {key} must be a positive integer, got {value!r}")
+    variants = merged.get("variants") or ()
+    if options and "target" in options and "variants" not in options:
+        variants = ()  # an explicit TVM target means that one library, not the target's portable set
+    if isinstance(variants, str) or not all(isinstance(v, str) for v in variants):
+        raise UsageError(f"{where}: variants must be a list of x86 ISA level names, got {variants!r}")
+    from edgeres.backends.tvm.variants import get_level
+
+    for v in variants:
+        get_level(v)  # UsageError naming the known levels
     db = merged.get("tuning_db")
     db_path = check_tuning_db(Path(str(db)).expanduser()) if db else None
     return TvmOptions(target=_thaw(tvm_target), layout=layout, conv=conv, int8=int8, schedule=schedule, tuning_db=db_path,
-                      threads=threads)
+                      threads=threads, variants=tuple(variants), jobs=jobs)
 
 
 def check_tuning_db(path: str | Path) -> Path:
@@ -116,6 +133,9 @@ def host_cpu() -> str:
 def resolve_target_dict(tvm_target: Mapping[str, Any], *, cross: bool, target_name: str = "?") -> dict[str, Any]:
     """A copy of ``tvm_target`` with ``mcpu = "native"`` replaced by the host CPU name.
 
+    On x86 the features LLVM assumes for that CPU model but this machine does not offer (in its
+    ``/proc/cpuinfo`` flags: e.g. AMX under a hypervisor that hides it) are switched off in
+    ``mattr``, so the library runs where it was compiled.
     ``cross`` says the target runs on another architecture, where "native" means nothing.
     """
     resolved = _thaw(tvm_target)
@@ -124,7 +144,34 @@ def resolve_target_dict(tvm_target: Mapping[str, Any], *, cross: bool, target_na
             raise UsageError(f"target {target_name!r} is for another CPU architecture, so mcpu = \"native\" "
                              "(this machine's CPU) cannot apply; name the target CPU, e.g. mcpu = \"cortex-a72\"")
         resolved["mcpu"] = host_cpu()
+        if _is_x86(resolved):
+            from edgeres.backends.tvm.variants import CPU_FLAGS, cpu_flags
+
+            have = cpu_flags()
+            if have is not None:
+                off = [f"-{feat}" for feat, flag in CPU_FLAGS.items()
+                       if flag not in have and feat in _llvm_features(resolved)]
+                resolved["mattr"] = [*resolved.get("mattr", []), *off] if off else resolved.get("mattr", [])
+                if not resolved["mattr"]:
+                    del resolved["mattr"]
     return resolved
+
+
+def _is_x86(tvm_target: Mapping[str, Any]) -> bool:
+    return str(tvm_target.get("kind")) == "llvm" and str(tvm_target.get("mtriple", "x86_64")).startswith("x86_64")
+
+
+def _llvm_features(tvm_target: Mapping[str, Any]) -> set[str]:
+    """The CPU_FLAGS features LLVM enables for an x86 target dict."""
+    from tvm.target import codegen
+
+    from edgeres.backends.tvm.variants import CPU_FLAGS
+
+    target = make_target(dict(tvm_target))
+    try:
+        return {f for f in CPU_FLAGS if codegen.llvm_cpu_has_features([f], target)}
+    except Exception:  # noqa: BLE001 - LLVM cannot describe the target
+        return set()
 
 
 def check_mcpu(tvm_target: Mapping[str, Any]) -> None:
@@ -158,50 +205,55 @@ def make_target(tvm_target: Mapping[str, Any]) -> Any:
         raise UsageError(f"TVM rejects the target {dict(tvm_target)}: {reason}; fix the [tvm] target table") from e
 
 
-# LLVM feature name -> /proc/cpuinfo flag, for the instruction sets edgeres' kernels use.
-CPU_FEATURES = {"sse4.2": "sse4_2", "ssse3": "ssse3", "avx2": "avx2", "fma": "fma", "avx512f": "avx512f",
-                "avx512bw": "avx512bw", "avx512vnni": "avx512_vnni"}
 # Checked only when a target's mattr names them explicitly (an mcpu such as sapphirerapids implies AMX, but
 # LLVM emits AMX only for intrinsics, and VMs often hide it: "emeraldrapids" hosts without AMX run such code).
-EXPLICIT_FEATURES = {"amx-tile": "amx_tile", "amx-int8": "amx_int8", "amx-bf16": "amx_bf16",
-                     "avx512fp16": "avx512_fp16", "avx512bf16": "avx512_bf16", "avxvnni": "avx_vnni"}
+EXPLICIT_FEATURES = {"amx-tile": "amx_tile", "amx-int8": "amx_int8", "amx-bf16": "amx_bf16"}
 # The same for AArch64 ("Features" in /proc/cpuinfo): dot product (SDOT/UDOT), int8 matmul, fp16, SVE.
 ARM_CPU_FEATURES = {"dotprod": "asimddp", "i8mm": "i8mm", "fullfp16": "asimdhp", "sve": "sve"}
 
 
-def missing_host_features(tvm_target: Mapping[str, Any]) -> list[str]:
-    """x86 instruction sets an x86 target dict compiles for that this machine's CPU lacks ([] if none,
-    or when it cannot tell: not Linux, not x86, not an LLVM target)."""
-    flags_file = Path("/proc/cpuinfo")
-    if not str(tvm_target.get("mtriple", "x86_64")).startswith("x86_64") or not flags_file.is_file():
+def required_cpu_flags(tvm_target: Mapping[str, Any]) -> list[str]:
+    """The ``/proc/cpuinfo`` flags a library compiled for the x86 ``tvm_target`` needs ([] for other
+    targets): every instruction-set feature LLVM may emit code for on that target (AMX only when the
+    target's ``mattr`` asks for it: LLVM emits AMX for intrinsics only)."""
+    if not _is_x86(tvm_target):
         return []
-    flags: set[str] = set()
-    for line in flags_file.read_text(errors="replace").splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            break
-    return missing_cpu_features(tvm_target, flags)
+    from edgeres.backends.tvm.variants import CPU_FLAGS
+
+    features = _llvm_features(tvm_target)
+    asked = {str(a)[1:] for a in (tvm_target.get("mattr") or ()) if str(a).startswith("+")}
+    return [flag for feat, flag in CPU_FLAGS.items()
+            if feat in features and (feat not in EXPLICIT_FEATURES or feat in asked)]
+
+
+def missing_host_features(tvm_target: Mapping[str, Any], flags: list[str] | None = None) -> list[str]:
+    """Flags an x86 library (compiled for ``tvm_target``, needing ``flags`` if recorded) needs that this
+    machine's CPU lacks ([] if none, or when it cannot tell: not Linux, not x86, not an LLVM target)."""
+    from edgeres.backends.tvm.variants import cpu_flags
+
+    have = cpu_flags()
+    if have is None or not _is_x86(tvm_target):
+        return []
+    needed = flags if flags is not None else required_cpu_flags(tvm_target)
+    return [f for f in needed if f not in have]
 
 
 def missing_cpu_features(tvm_target: Mapping[str, Any], flags: set[str] | list[str]) -> list[str]:
-    """Instruction sets ``tvm_target`` compiles for that a CPU with /proc/cpuinfo ``flags`` (x86
-    "flags", ARM "Features") lacks; [] when it cannot tell (no flags, not an LLVM x86/AArch64 target)."""
-    triple = str(tvm_target.get("mtriple", "x86_64"))
-    table = ARM_CPU_FEATURES if triple.startswith(("aarch64", "arm64")) else (
-        CPU_FEATURES if triple.startswith("x86_64") else None)
-    if str(tvm_target.get("kind")) != "llvm" or table is None or not flags:
+    """What ``tvm_target`` compiles for that a CPU with /proc/cpuinfo ``flags`` (x86 "flags", ARM
+    "Features", e.g. a remote board's) lacks: x86 flags, or AArch64 LLVM feature names; [] when it
+    cannot tell (no flags, not an LLVM x86/AArch64 target)."""
+    have = set(flags)
+    if not have or str(tvm_target.get("kind")) != "llvm":
+        return []
+    if _is_x86(tvm_target):
+        return [f for f in required_cpu_flags(tvm_target) if f not in have]
+    if not str(tvm_target.get("mtriple", "")).startswith(("aarch64", "arm64")):
         return []
     from tvm.target import codegen
 
     target = make_target(dict(tvm_target))
     try:
-        wanted = [f for f in table if codegen.llvm_cpu_has_features([f], target)]
+        wanted = [f for f in ARM_CPU_FEATURES if codegen.llvm_cpu_has_features([f], target)]
     except Exception:  # noqa: BLE001 - LLVM cannot describe the target: do not block
         return []
-    have = set(flags)
-    if table is CPU_FEATURES:
-        # Extensions LLVM never emits on its own (AMX tiles, ...) count only when the target asks for them.
-        explicit = [str(a)[1:] for a in (tvm_target.get("mattr") or ()) if str(a).startswith("+")]
-        wanted += [f for f in explicit if f in EXPLICIT_FEATURES and f not in wanted]
-        table = {**CPU_FEATURES, **EXPLICIT_FEATURES}
-    return [f for f in wanted if table[f] not in have]
+    return [f for f in wanted if ARM_CPU_FEATURES[f] not in have]

@@ -86,3 +86,60 @@ def fold_activation_qdq(mod: Any, *, integer: bool = False) -> Any:
         out[gv] = func
     out = out.with_attrs(mod.attrs) if mod.attrs is not None else out
     return relax.transform.DeadCodeElimination()(out)
+
+
+
+def drop_idle_casts(mod: Any) -> Any:
+    """Turn the ``astype(int) -> astype(float32)`` round trips of :func:`fold_activation_qdq` whose
+    integer tensor nothing else reads (no integer convolution took it) into float32 no-op casts.
+
+    The value is already rounded and clipped to the integer range, so the round trip is the
+    identity; in a fused epilogue (ResNet-50: a convolution's requantize before the residual add)
+    it costs four vector conversions per element. Same-type casts keep the graph's shape, so
+    operator fusion decides as before, and vanish in the generated code.
+    """
+    from tvm import ir, relax
+
+    astype, maximum, minimum = (ir.Op.get(f"relax.{n}") for n in ("astype", "maximum", "minimum"))
+    uses: dict[Any, int] = {}
+
+    def count(expr: Any) -> None:
+        if isinstance(expr, relax.Call):
+            for a in expr.args:
+                if isinstance(a, relax.Var):
+                    uses[a] = uses.get(a, 0) + 1
+
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, count)
+
+    @relax.expr_functor.mutator
+    class _Dropper(relax.PyExprMutator):  # type: ignore[misc]
+        def _bound(self, expr: Any, op: Any) -> Any:
+            bound = self.lookup_binding(expr) if isinstance(expr, relax.Var) else None
+            return bound if isinstance(bound, relax.Call) and bound.op == op else None
+
+        def visit_call_(self, call: Any) -> Any:  # noqa: N802 - TVM's visitor name
+            new = super().visit_call_(call)
+            if not isinstance(new, relax.Call) or new.op != astype or str(new.attrs.dtype) != "float32" \
+                    or not isinstance(call.args[0], relax.Var) or uses.get(call.args[0], 0) != 1:
+                return new
+            narrow = self._bound(new.args[0], astype)
+            if narrow is None or str(narrow.attrs.dtype) not in _RANGES or not self._clipped(narrow):
+                return new
+            same = self.builder_.emit(relax.op.astype(narrow.args[0], "float32"))
+            return relax.op.astype(same, "float32")
+
+        def _clipped(self, cast: Any) -> bool:
+            lo, hi = _RANGES[str(cast.attrs.dtype)]
+            clip_lo = self._bound(cast.args[0], maximum)
+            clip_hi = self._bound(clip_lo.args[0], minimum) if clip_lo is not None else None
+            if clip_hi is None or str(clip_lo.ty.dtype) != "float32":
+                return False
+            bounds = (_scalar(clip_lo.args[1]), _scalar(clip_hi.args[1]))
+            return None not in bounds and bounds[0] >= lo and bounds[1] <= hi
+
+    out = ir.IRModule({}, attrs=mod.attrs)
+    for gv, func in mod.functions_items():
+        out[gv] = _Dropper(mod).visit_expr(func) if isinstance(func, relax.Function) else func
+    return relax.transform.DeadCodeElimination()(out)

@@ -18,7 +18,7 @@ from edgeres.backends.base import Artifact, run_all_in_chunks, run_in_chunks
 from edgeres.backends.tvm import cross as tvm_cross
 from edgeres.backends.tvm import options as tt
 from edgeres.backends.tvm.importer import first_line
-from edgeres.errors import BackendUnavailable, InputError
+from edgeres.errors import BackendUnavailable, InputError, UsageError
 
 MODEL_FILE = "model.so"
 SIDECAR_SUFFIX = ".tvm.json"
@@ -95,11 +95,12 @@ def set_threads(threads: int) -> int:
 class TvmRunner:
     """Runner over a Relax VM: NCHW float32 batch (any size) -> float32 logits."""
 
-    def __init__(self, artifact: Artifact, threads: int | None = None) -> None:
+    def __init__(self, artifact: Artifact, threads: int | None = None, variant: str | None = None) -> None:
         import tvm
         from tvm import relax
 
         self.artifact = artifact
+        self.variant = variant  # the ISA level that runs, for a portable artifact
         self.input_name = artifact.input_name
         self.input_shape = tuple(artifact.input_shape)
         out = artifact.info.get("output_shape") or []
@@ -147,28 +148,42 @@ class TvmRunner:
 
 
 def load(artifact_or_path: Artifact | str | os.PathLike, target: Any = None, *,
-         threads: int | None = None) -> Any:
+         threads: int | None = None, variant: str | None = None) -> Any:
     """A Runner for a compiled library (an Artifact, ``model.so``, or its directory).
 
     ``threads`` (else the target's / artifact's ``threads`` option) sizes TVM's thread pool.
+    A portable artifact runs the best variant this CPU supports, or ``variant``
+    (else ``$EDGERES_TVM_VARIANT``) if given: refused when this CPU lacks its instructions.
     A library built for another architecture runs in the C++ runner under qemu
     (:func:`edgeres.backends.tvm.cpp_runner.emulated_runner`) when that is set up.
     """
+    from edgeres.backends.tvm import variants as tv
+
     require()
 
     art = read_artifact(artifact_or_path.path if isinstance(artifact_or_path, Artifact) else artifact_or_path)
     if threads is None:
         threads = tt.parse_options(target, None).threads if target is not None else art.info.get("threads")
     arch = art.info.get("arch") or tvm_cross.elf_arch(art.path) or tvm_cross.host_arch()
+    forced = variant or os.environ.get(tv.VARIANT_ENV) or None
+    if art.info.get("variants"):
+        listed = [tv.Variant.from_dict(v) for v in art.info["variants"]]
+        chosen = tv.select(listed, tv.cpu_flags(), forced, what=str(art.path.parent))
+        art = Artifact(art.backend, art.path.parent / chosen.file, art.precision, art.input_name, art.input_shape,
+                       art.files, art.compile_seconds, art.info)
+        return TvmRunner(art, threads, variant=chosen.name)
+    if variant:
+        raise UsageError(f"{art.path} is a single-ISA library (no variants); drop --variant, or compile for the "
+                         "portable target x86-64")
     if arch != tvm_cross.host_arch():
         from edgeres.backends.tvm.cpp_runner import emulated_runner
 
         return emulated_runner(art.path, art.input_shape)  # one qemu process per call, any batch size
-    missing = tt.missing_host_features(art.info.get("tvm_target") or {})
+    missing = tt.missing_host_features(art.info.get("tvm_target") or {}, art.info.get("cpu_flags"))
     if missing:  # running it would die of SIGILL
         raise BackendUnavailable(
             f"{art.path} was compiled for {art.info['tvm_target'].get('mcpu', '?')} and this CPU lacks "
-            f"{', '.join(missing)}; run it on such a CPU, or compile for x86-64-host to run it here")
+            f"{', '.join(missing)}; run it on such a CPU, or compile for x86-64 (portable) or x86-64-host")
     return TvmRunner(art, threads)
 
 

@@ -2,8 +2,12 @@
 //
 // Usage:
 //   edgeres_tvm_classify model.so input.bin [--shape NxCxHxW] [--labels labels.txt]
-//                        [--topk 5] [--logits] [--repeat N]
-//   edgeres_tvm_classify model.so --selftest BUNDLE/golden [--shape NxCxHxW]
+//                        [--topk 5] [--logits] [--repeat N] [--variant NAME]
+//   edgeres_tvm_classify model.so --selftest BUNDLE/golden [--shape NxCxHxW] [--variant NAME]
+//   edgeres_tvm_classify model.so --list-variants
+//
+// Portable bundles (target x86-64) hold one library per x86 ISA level and model.variants; the
+// runner loads the best one this CPU runs, or --variant NAME / $EDGERES_TVM_VARIANT (variants.h).
 //
 // input.bin holds raw little-endian float32 values in NCHW order, already preprocessed
 // (resized, cropped, normalised) as the bundle's manifest.json says. --shape is the input
@@ -47,6 +51,8 @@
 #include <string>
 #include <vector>
 
+#include "variants.h"
+
 namespace ffi = tvm::ffi;
 
 namespace {
@@ -67,12 +73,15 @@ struct Options {
     bool logits = false;
     int repeat = 0;
     std::string selftest;  // golden directory
+    std::string variant;
+    bool listVariants = false;
 };
 
 void usage() {
     std::cerr << "usage: edgeres_tvm_classify model.so input.bin [--shape NxCxHxW] "
-                 "[--labels labels.txt] [--topk K] [--logits] [--repeat N]\n"
-                 "       edgeres_tvm_classify model.so --selftest BUNDLE/golden [--shape NxCxHxW]\n";
+                 "[--labels labels.txt] [--topk K] [--logits] [--repeat N] [--variant NAME]\n"
+                 "       edgeres_tvm_classify model.so --selftest BUNDLE/golden [--shape NxCxHxW] [--variant NAME]\n"
+                 "       edgeres_tvm_classify model.so --list-variants\n";
 }
 
 std::vector<int64_t> parseShape(const std::string& text) {
@@ -123,6 +132,10 @@ Options parseArgs(int argc, char** argv) {
             o.logits = true;
         } else if (a == "--selftest") {
             o.selftest = next();
+        } else if (a == "--variant") {
+            o.variant = next();
+        } else if (a == "--list-variants") {
+            o.listVariants = true;
         } else if (a == "-h" || a == "--help") {
             usage();
             std::exit(0);
@@ -133,8 +146,11 @@ Options parseArgs(int argc, char** argv) {
             positional.push_back(a);
         }
     }
-    if (!o.selftest.empty()) {
-        if (positional.size() != 1) die("--selftest takes the model library only (the inputs come from the golden files)");
+    if (!o.selftest.empty() || o.listVariants) {
+        if (positional.size() != 1) {
+            die(o.listVariants ? "--list-variants takes the model library only"
+                               : "--selftest takes the model library only (the inputs come from the golden files)");
+        }
         o.model = positional[0];
         return o;
     }
@@ -385,6 +401,12 @@ ffi::Tensor runMain(const ffi::Function& mainFn, const ffi::Tensor& input) {
 
 int main(int argc, char** argv) {
     Options o = parseArgs(argc, argv);
+    if (o.listVariants) {
+        edgeres::listVariants(o.model);
+        return 0;
+    }
+    std::string variant;
+    std::string library = edgeres::selectLibrary(o.model, o.variant, &variant);
     const bool selftest = !o.selftest.empty();
     Golden golden;
     std::vector<float> host;
@@ -405,7 +427,7 @@ int main(int argc, char** argv) {
     }
     std::vector<std::string> labels = selftest ? std::vector<std::string>{} : readLabels(o);
     std::vector<float> collected;
-    ffi::Module lib = loadLibrary(o.model);
+    ffi::Module lib = loadLibrary(library);
     try {
         auto load = lib->GetFunction("vm_load_executable", true);
         if (!load) die(o.model + " is not a TVM Relax VM library (no vm_load_executable)");
@@ -421,6 +443,7 @@ int main(int argc, char** argv) {
         float* dst = static_cast<float*>(input.data_ptr());
         const int64_t batch = shape[0];
         const int64_t per = shape[1] * shape[2] * shape[3];
+        if (!variant.empty()) std::printf("# variant=%s library=%s\n", variant.c_str(), library.c_str());
         std::printf("# edgeres_tvm_classify model=%s shape=%lldx%lldx%lldx%lld samples=%lld\n", o.model.c_str(),
                     static_cast<long long>(shape[0]), static_cast<long long>(shape[1]),
                     static_cast<long long>(shape[2]), static_cast<long long>(shape[3]),
