@@ -81,7 +81,7 @@ def arm_bundle(emulated_board, tmp_path_factory) -> tuple[Path, Path]:
     for i, d in enumerate(sorted(p for p in (src / "val").iterdir() if p.is_dir())[:10]):
         shutil.copytree(d, data / str(i))
     out = tmp_path_factory.mktemp("bundles") / "r20-rpi5-int8"
-    compile_bundle("resnet20", "rpi5", out, precision="int8", weights="random", calib=str(data), num_calib=10)
+    compile_bundle("resnet20", "rpi5", out, precision="int8", weights="random", calib=str(data), quant={"num_calib": 10})
     return out, data
 
 
