@@ -8,6 +8,7 @@ from typing import List, Optional
 
 import typer
 
+from edgeres import cli_device
 from edgeres.cli_format import console, parse_options
 
 def build_engine_cmd(
@@ -44,12 +45,18 @@ def selftest(
     bundle: Path = typer.Argument(..., help="Bundle directory."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the numbers as JSON."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Check every file's sha256 first."),
+    device: Optional[str] = cli_device.DeviceOpt,
+    tracker: Optional[str] = cli_device.TrackerOpt,
+    key: Optional[str] = cli_device.KeyOpt,
+    devices: Optional[List[Path]] = cli_device.DevicesOpt,
 ):
-    """Run the bundle's golden self-test on this machine: PASS/FAIL with numbers (exit 1 on FAIL)."""
+    """Run the bundle's golden self-test on this machine (or, with --device/--tracker, on the board):
+    PASS/FAIL with numbers (exit 1 on FAIL)."""
     from edgeres.fileio import write_json
     from edgeres.selftest import run_selftest
 
-    res = run_selftest(bundle, verify=verify)
+    spec = cli_device.resolve(device, tracker, key, devices)
+    res = run_selftest(bundle, verify=verify, device=spec)
     if res.note:
         console.print(f"note: {res.note}", markup=False, highlight=False)
     console.print(res.line(), markup=False, highlight=False)

@@ -63,12 +63,26 @@ def selftest_runner(b: Bundle) -> tuple[Any, str, str]:
     return runner, f"{art.backend} artifact {art.path.relative_to(b.root).as_posix()}", ""
 
 
-def run_selftest(bundle: str | os.PathLike | Bundle, *, verify: bool = True) -> SelftestResult:
-    """Run the bundle's golden self-test here; the caller decides what a FAIL means (the CLI exits 1)."""
+def run_selftest(bundle: str | os.PathLike | Bundle, *, verify: bool = True, device: Any = None) -> SelftestResult:
+    """Run the bundle's golden self-test here, or with ``device`` (an :class:`edgeres.devices.DeviceSpec`)
+    on that board through the backend's ``open_device``; the caller decides what a FAIL means (the CLI
+    exits 1)."""
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, verify=verify)
     golden = read_golden(b.root, b.manifest.get("golden"))
-    runner, what, note = selftest_runner(b)
-    return SelftestResult(b.root, what, check(runner(golden.inputs), golden), note)
+    if device is None:
+        runner, what, note = selftest_runner(b)
+        return SelftestResult(b.root, what, check(runner(golden.inputs), golden), note)
+    from edgeres.backends import get_backend
+    from edgeres.errors import UsageError
+
+    art = b.artifact()
+    if art is None:
+        raise UsageError(f"bundle {b.root} holds no compiled artifact to run on {device.label}; build it first")
+    backend = get_backend(b.backend)
+    with backend.open_device(device) as board:
+        runner = board.load(art)  # refuses an artifact the board cannot run, before uploading it
+        what = f"{art.backend} artifact {art.path.relative_to(b.root).as_posix()} on {device.label}"
+        return SelftestResult(b.root, what, check(runner(golden.inputs), golden), "")
 
 
 __all__ = ["SelftestResult", "run_selftest", "selftest_runner"]

@@ -262,3 +262,15 @@ def test_unreachable_board_and_bad_options_are_one_line(x86_bundle, numbered_dat
     assert code == 2 and "--tracker needs --key" in err
     code, _, err = _main(["bench", x86_bundle, "--device", "no-such-board"], capsys)
     assert code == 2 and "unknown device 'no-such-board'" in err and "devices.toml" in err
+
+
+def test_selftest_on_the_board(x86_bundle, plain_server, tmp_path, capsys):
+    """`edgeres selftest --device`: the golden inputs run on the board, checked against the golden outputs."""
+    sessions = plain_server.count("load_module")
+    code, out, err = _main(["selftest", x86_bundle, "--device", plain_server.address, "--json",
+                            tmp_path / "s.json"], capsys)
+    assert code == 0, err
+    assert "PASS selftest" in out and f"on {plain_server.address}" in out
+    rec = json.loads((tmp_path / "s.json").read_text())
+    assert rec["passed"] and rec["runner"].endswith(f"on {plain_server.address}")
+    assert plain_server.count("load_module") > sessions  # the artifact really ran there
