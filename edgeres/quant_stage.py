@@ -76,7 +76,7 @@ def quantize_into(fp32: Path, int8: Path, cache_dest: Path, tgt: Target, quant: 
     if calib_cache and not Path(calib_cache).is_file():
         with atomic_path(calib_cache) as tmp_cache:
             shutil.copyfile(cache_dest, tmp_cache)
-    if q.auto.get("why"):
+    if q.auto.get("why") and fb_record is None:  # the fallback logs the choice itself
         log(f"calibration: {q.auto['why']}")
     return {**quant.to_record(), "method": q.method, "requested_method": quant.method,
             "bias_correction": q.bias_correction, "auto": q.auto or None, "num_calib": q.num_calib,
