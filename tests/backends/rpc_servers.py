@@ -137,3 +137,16 @@ def wait_for_key(tracker: Proc, key: str, n: int, timeout: float = 60.0) -> None
             return
         time.sleep(0.5)
     raise RuntimeError(f"only {have} of {n} servers registered under {key!r} in {timeout:.0f} s")
+
+
+def run_cli(args: list, capsys) -> tuple[int, str, str]:  # noqa: ANN001 - pytest's capsys
+    """``edgeres ARGS`` in this process (TVM imported once): (exit code, stdout, stderr)."""
+    from edgeres.cli import main
+
+    code = 0
+    try:
+        main([str(a) for a in args])
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err

@@ -22,7 +22,7 @@ from edgeres.devices import DeviceSpec, resolve_device
 from edgeres.errors import DeviceError, UsageError
 
 tvm = pytest.importorskip("tvm", reason="TVM is not installed: pip install 'edgeres[tvm]'")
-from rpc_servers import edgeres_server, free_port, tvm_server  # noqa: E402
+from rpc_servers import edgeres_server, free_port, run_cli, tvm_server  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 CLASSES = 10
@@ -86,17 +86,6 @@ def _report(path: Path) -> dict:
     return {**d, "data_fingerprint": ctx["data_fingerprint"]}
 
 
-def _main(args: list, capsys) -> tuple[int, str, str]:
-    """``edgeres ARGS`` in this process: (exit code, stdout, stderr)."""
-    from edgeres.cli import main
-
-    code = 0
-    try:
-        main([str(a) for a in args])
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def _check_r20_profile(p: dict) -> None:
@@ -115,7 +104,7 @@ def _check_r20_profile(p: dict) -> None:
 def test_remote_validate_equals_local(x86_bundle, numbered_data, plain_server, local_report, tmp_path, capsys):
     (tmp_path / "devices.toml").write_text(f'[lab-box]\nhost = "127.0.0.1"\nport = {plain_server.port}\n'
                                            'target = "x86-64-host"\n')
-    code, out, err = _main(["validate", x86_bundle, "--data", numbered_data, "--device", "lab-box",
+    code, out, err = run_cli(["validate", x86_bundle, "--data", numbered_data, "--device", "lab-box",
                             "--devices", tmp_path / "devices.toml", "--json", tmp_path / "remote.json"], capsys)
     assert code == 0, err
     assert _report(tmp_path / "remote.json") == _report(local_report)
@@ -127,7 +116,7 @@ def test_remote_validate_equals_local(x86_bundle, numbered_data, plain_server, l
 
 
 def test_bench_and_profile_on_serve_device(x86_bundle, edgeres_srv, tmp_path, capsys):
-    code, out, err = _main(["bench", x86_bundle, "--device", edgeres_srv.address, "--repeats", "10",
+    code, out, err = run_cli(["bench", x86_bundle, "--device", edgeres_srv.address, "--repeats", "10",
                             "--json", tmp_path / "b.json"], capsys)
     assert code == 0, err
     b = json.loads((tmp_path / "b.json").read_text())
@@ -137,7 +126,7 @@ def test_bench_and_profile_on_serve_device(x86_bundle, edgeres_srv, tmp_path, ca
     assert art["samples"] == 10 and 0 < art["median_ms"] <= art["p90_ms"] <= art["p99_ms"]
     assert art["images_per_s"] == pytest.approx(1000.0 / art["median_ms"])
     assert "onnxruntime-fp32" in b["runners"]  # the server's Python has onnxruntime
-    code, out, err = _main(["profile", x86_bundle, "--device", edgeres_srv.address, "--repeats", "3", "--json",
+    code, out, err = run_cli(["profile", x86_bundle, "--device", edgeres_srv.address, "--repeats", "3", "--json",
                             tmp_path / "p.json", "--plot", tmp_path / "p.png"], capsys)
     assert code == 0, err
     assert "layer3" in out and "sum of stages" in out
@@ -153,7 +142,7 @@ def test_profile_here(x86_bundle):
 
 
 def test_profile_on_plain_server_says_what_to_start(x86_bundle, plain_server, capsys):
-    code, out, err = _main(["profile", x86_bundle, "--device", plain_server.address, "--repeats", "3"], capsys)
+    code, out, err = run_cli(["profile", x86_bundle, "--device", plain_server.address, "--repeats", "3"], capsys)
     assert code == 2 and "plain TVM RPC server" in err and "serve-device" in err
 
 
@@ -180,7 +169,7 @@ def test_killed_server_gives_clear_error_and_no_report(x86_bundle, numbered_data
     try:
         _after_first_batch(monkeypatch, srv.stop)
         out = tmp_path / "report.json"
-        code, _, err = _main(["validate", x86_bundle, "--data", numbered_data, "--device", srv.address,
+        code, _, err = run_cli(["validate", x86_bundle, "--data", numbered_data, "--device", srv.address,
                               "--json", out], capsys)
     finally:
         srv.stop()
@@ -206,7 +195,7 @@ def test_dropped_connection_is_reopened(x86_bundle, numbered_data, plain_server,
 
     sessions = plain_server.count("connected from")
     _after_first_batch(monkeypatch, cut)
-    code, _, err = _main(["validate", x86_bundle, "--data", numbered_data, "--device", plain_server.address,
+    code, _, err = run_cli(["validate", x86_bundle, "--data", numbered_data, "--device", plain_server.address,
                           "--json", tmp_path / "remote.json"], capsys)
     assert code == 0, err
     assert plain_server.count("connected from") == sessions + 2  # a second session after the cut
@@ -258,16 +247,16 @@ def test_unreachable_board_and_bad_options_are_one_line(x86_bundle, numbered_dat
     with pytest.raises(DeviceError, match="cannot reach the TVM RPC tracker"):
         with get_backend("tvm").open_device(resolve_device(tracker=f"127.0.0.1:{port}", key="rpi5")) as board:
             board.describe()
-    code, _, err = _main(["validate", x86_bundle, "--data", numbered_data, "--tracker", "127.0.0.1:1"], capsys)
+    code, _, err = run_cli(["validate", x86_bundle, "--data", numbered_data, "--tracker", "127.0.0.1:1"], capsys)
     assert code == 2 and "--tracker needs --key" in err
-    code, _, err = _main(["bench", x86_bundle, "--device", "no-such-board"], capsys)
+    code, _, err = run_cli(["bench", x86_bundle, "--device", "no-such-board"], capsys)
     assert code == 2 and "unknown device 'no-such-board'" in err and "devices.toml" in err
 
 
 def test_selftest_on_the_board(x86_bundle, plain_server, tmp_path, capsys):
     """`edgeres selftest --device`: the golden inputs run on the board, checked against the golden outputs."""
     sessions = plain_server.count("load_module")
-    code, out, err = _main(["selftest", x86_bundle, "--device", plain_server.address, "--json",
+    code, out, err = run_cli(["selftest", x86_bundle, "--device", plain_server.address, "--json",
                             tmp_path / "s.json"], capsys)
     assert code == 0, err
     assert "PASS selftest" in out and f"on {plain_server.address}" in out

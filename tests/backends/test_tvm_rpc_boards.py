@@ -26,23 +26,13 @@ from edgeres.devices import resolve_device
 from edgeres.errors import DeviceError, UsageError
 
 tvm = pytest.importorskip("tvm", reason="TVM is not installed: pip install 'edgeres[tvm]'")
-from rpc_servers import ROOT, edgeres_server, tvm_server, tvm_tracker, wait_for_key  # noqa: E402
+from rpc_servers import ROOT, edgeres_server, run_cli, tvm_server, tvm_tracker, wait_for_key  # noqa: E402
 
 pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"),
               pytest.mark.filterwarnings("ignore:only .* calibration images")]
 SETUP = "run tools/setup-aarch64.sh"
 
 
-def _main(args: list, capsys) -> tuple[int, str, str]:
-    from edgeres.cli import main
-
-    code = 0
-    try:
-        main([str(a) for a in args])
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def _report(path: Path) -> dict:
@@ -104,19 +94,19 @@ def test_aarch64_bundle_on_emulated_board(emulated_board, arm_bundle, tiny_onnx,
     ref = reference_runner(load_bundle(bundle).deploy_onnx)(x)
     assert np.abs(logits - ref).max() <= 0.02 * float(ref.max() - ref.min())
     # validate on the board == validate here (the same aarch64 library, in the C++ runner under qemu)
-    code, _, err = _main(["validate", bundle, "--data", data, "--device", address, "--json", tmp_path / "r.json"],
+    code, _, err = run_cli(["validate", bundle, "--data", data, "--device", address, "--json", tmp_path / "r.json"],
                          capsys)
     assert code in (0, 1), err
-    code_l, _, err = _main(["validate", bundle, "--data", data, "--json", tmp_path / "l.json"], capsys)
+    code_l, _, err = run_cli(["validate", bundle, "--data", data, "--json", tmp_path / "l.json"], capsys)
     assert code_l == code, err
     assert _report(tmp_path / "r.json") == _report(tmp_path / "l.json")
     assert json.loads((tmp_path / "r.json").read_text())["num_images"] == 10
     # timings on the emulator are labelled so
-    code, out, err = _main(["bench", bundle, "--device", address, "--repeats", "3", "--json", tmp_path / "b.json"],
+    code, out, err = run_cli(["bench", bundle, "--device", address, "--repeats", "3", "--json", tmp_path / "b.json"],
                            capsys)
     assert code == 0, err
     assert "emulated ms" in out and "EMULATED" in out and json.loads((tmp_path / "b.json").read_text())["emulated"]
-    code, out, err = _main(["profile", bundle, "--device", address, "--repeats", "3", "--json", tmp_path / "p.json"],
+    code, out, err = run_cli(["profile", bundle, "--device", address, "--repeats", "3", "--json", tmp_path / "p.json"],
                            capsys)
     assert code == 0, err
     assert "emulated ms" in out and "EMULATED" in out
