@@ -20,16 +20,6 @@ import sys
 from pathlib import Path
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("bundle")
@@ -41,7 +31,7 @@ def main() -> None:
     a = ap.parse_args()
 
     from edgeres.backends import get_backend
-    from edgeres.latency import latency_stats, measure_latency
+    from edgeres.latency import cpu_name, latency_stats, measure_latency
     from edgeres.bundle import load_bundle
     from edgeres.devices import resolve_device
 
