@@ -44,7 +44,6 @@ __all__ = [
     "QUANT_METADATA_KEY",
     "QuantOptions",
     "QuantizeResult",
-    "load_onnx",
     "read_quantization_metadata",
     "quantize",
     "tensor_errors",
@@ -80,13 +79,6 @@ class QuantizeResult:
     @property
     def reduce_range(self) -> bool:
         return self.options.reduce_range
-
-
-def load_onnx(path: Path):
-    """Load and check an ONNX file; a missing or corrupt file raises :class:`InputError`."""
-    from edgeres.onnx_io import load_with_data_files
-
-    return load_with_data_files(Path(path), check=True)[0]
 
 
 def quantize(
