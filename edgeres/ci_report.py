@@ -26,13 +26,19 @@ STEP_SUMMARY_ENV = "GITHUB_STEP_SUMMARY"
 _ICONS = {"passed": "✅ pass", "failed": "❌ FAIL", "skipped": "⏭️ not gated"}
 
 
-def check_output_file(path: Path | None, option: str, example: str = "edgeres.xml") -> None:
-    """Before any work: ``path`` must not be a directory; its missing parent folders are created."""
+def check_output_file(path: Path | None, option: str, example: str = "edgeres.xml", *, force: bool = False) -> None:
+    """Before any work: ``path`` must not be a directory, nor a file edgeres did not write (unless
+    ``force``; the step summary is appended to, so it may be anyone's); its missing parent folders
+    are created."""
     if path is None:
         return
     p = Path(path)
     if p.is_dir():
         raise UsageError(f"{option} {p} is a directory; pass a file path, e.g. {option} {p / example}")
+    if not is_step_summary(p):
+        from edgeres.outputs import check_file_output
+
+        check_file_output(p, option, force=force)
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:

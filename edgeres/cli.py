@@ -238,15 +238,12 @@ def validate(
     from edgeres.bundle import load_bundle
     from edgeres.ci_report import check_output_file, write_ci_files
     from edgeres.gates import bundle_selftest_gate, failed, report_gates
-    from edgeres.outputs import check_file_output
     from edgeres.pipeline import validate_bundle
     from edgeres.protocols import Protocol, parse_scales
 
     for path, opt, example in ((junit, "--junit", "edgeres-junit.xml"), (summary, "--summary", "summary.md"),
                                (json_out, "--json", "report.json")):
-        check_output_file(path, opt, example)
-    if json_out:
-        check_file_output(json_out, "--json", force=force)
+        check_output_file(path, opt, example, force=force)
     spec = cli_device.resolve(device, tracker, key, devices)  # a bad devices file ends here, before any bundle is read
     warn_random_weights(bundle)
     b = load_bundle(bundle)

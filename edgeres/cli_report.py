@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from edgeres.cli_format import Force
+
 
 def register(app: typer.Typer, console) -> None:  # noqa: ANN001
     @app.command()
@@ -22,13 +24,14 @@ def register(app: typer.Typer, console) -> None:  # noqa: ANN001
         sensitivity: Optional[Path] = typer.Option(None, "--sensitivity", help="Per-layer sensitivity from "
                                                    "`edgeres sensitivity --json`, to plot (default: "
                                                    "BUNDLE/sensitivity.json when present)."),
+        force: bool = Force,
     ):
         """One HTML page about a bundle: manifest, accuracy vs FP32, latency vs ONNX Runtime, calibration."""
         from edgeres import report_charts
         from edgeres.ci_report import check_output_file
         from edgeres.html_report import write_html_report
 
-        check_output_file(html, "--html", "report.html")
+        check_output_file(html, "--html", "report.html", force=force)
         out = write_html_report(bundle, html, data=data, limit=limit, bench=bench, bench_json=bench_json,
                                 sensitivity=sensitivity)
         if not report_charts.available():

@@ -126,7 +126,7 @@ def page(title: str, heading: str, subtitle: str, verdict: Raw | str, cards: str
     body = "".join(section(a, t, b) for a, t, b in sections)
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1"><meta name="generator" content="edgeres">'
         f"<title>{esc(title)}</title><style>{CSS}</style></head><body><main>"
         f"<header><h1>{esc(heading)}<small>{esc(subtitle)}</small></h1>{verdict}</header>"
         f"<nav>{nav}</nav>"

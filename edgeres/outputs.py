@@ -108,9 +108,32 @@ def _csv_is_ours(path: Path) -> bool:
     return first == ",".join(f.name for f in fields(EpochRecord))
 
 
+def _head(path: Path, size: int = 4096) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read(size)
+    except OSError:
+        return ""
+
+
+def _xml_is_ours(path: Path) -> bool:
+    """JUnit XML from ``validate --junit``."""
+    return '<testsuites name="edgeres"' in _head(path)
+
+
+def _html_is_ours(path: Path) -> bool:
+    """The page of ``edgeres report --html``."""
+    return '<meta name="generator" content="edgeres">' in _head(path)
+
+
+def _md_is_ours(path: Path) -> bool:
+    """A ``validate --summary`` file (not the step summary, which is appended to, never replaced)."""
+    return _head(path, 256).startswith("### edgeres ")
+
+
 _SNIFFERS: dict[str, Callable[[Path], bool]] = {
     ".json": _json_is_ours, ".onnx": _onnx_is_ours, ".pt": _checkpoint_is_ours, ".png": _png_is_ours,
-    ".csv": _csv_is_ours,
+    ".csv": _csv_is_ours, ".xml": _xml_is_ours, ".html": _html_is_ours, ".htm": _html_is_ours, ".md": _md_is_ours,
 }
 
 

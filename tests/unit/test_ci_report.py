@@ -125,3 +125,30 @@ def test_summary_appends_to_the_github_step_summary_and_replaces_other_files(tmp
     assert other.read_text() == text  # replaced
     write_junit(tmp_path / "j.xml", gates, suite="s", classname="c")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["j.xml", "step_summary.md", "summary.md"]  # no temp files
+
+
+def test_ci_outputs_never_replace_a_file_edgeres_did_not_write(tmp_path, monkeypatch):
+    """--junit/--summary/--html: a user's file there is refused (unless --force), edgeres's own is
+    replaced, the GitHub step summary (anyone's file) is appended to."""
+    from edgeres.ci_report import check_output_file
+    from edgeres.errors import UsageError
+    from edgeres.html_page import page
+
+    gates = accuracy_gates(_report(max_drop=1.0))
+    cases = [(tmp_path / "results.xml", "--junit", lambda p: write_junit(p, gates, suite="s", classname="c")),
+             (tmp_path / "notes.md", "--summary", lambda p: write_summary(p, summary_markdown(gates, title="edgeres v"))),
+             (tmp_path / "index.html", "--html", lambda p: p.write_text(page("t", "h", "s", "", "", [], "f")))]
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    for path, option, write in cases:
+        path.write_text("<p>a user's own file</p>\n")
+        with pytest.raises(UsageError, match=f"{option} .* was not written by edgeres; pass --force"):
+            check_output_file(path, option)
+        check_output_file(path, option, force=True)
+        write(path)
+        check_output_file(path, option)  # edgeres's own file: replaced without --force
+    step = tmp_path / "step.md"
+    step.write_text("another step's summary\n")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(step))
+    check_output_file(step, "--summary")
+    check_output_file(tmp_path / "new" / "deeper" / "j.xml", "--junit")
+    assert (tmp_path / "new" / "deeper").is_dir()
