@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from edgeres.cli_format import Force
+
 
 def _db(v: float) -> str:
     return f"{v:.1f}" if v == v and abs(v) != float("inf") else ("inf" if v > 0 else "-inf")
@@ -24,10 +26,14 @@ def register(app: typer.Typer, console) -> None:  # noqa: ANN001
         bisect: bool = typer.Option(False, "--bisect", help="Find the smallest set of layers to keep float for --max-drop."),
         max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Top-1 points allowed (default: the target's)."),
         limit: Optional[int] = typer.Option(None, "--limit", help="With --bisect: labelled images to measure drops on."),
+        force: bool = Force,
     ):
         """Which layer lost the accuracy: per-layer SNR/cosine/max error of the INT8 model vs FP32, worst first."""
         from edgeres.bundle import load_bundle
         from edgeres.debug import DEFAULT_IMAGES, debug_bundle, reproduce_command
+        from edgeres.outputs import check_option_outputs
+
+        check_option_outputs([(json_out, "--json"), (plot, "--plot")], force=force)
 
         rep = debug_bundle(bundle, data, images=images or DEFAULT_IMAGES, bisect=bisect, max_drop=max_drop,
                            limit=limit)

@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from edgeres import cli_device
-from edgeres.cli_format import console, parse_options
+from edgeres.cli_format import Force, console, parse_options
 
 def build_engine_cmd(
     bundle: Path = typer.Argument(..., help="Bundle from `edgeres compile --target jetson...`."),
@@ -49,19 +49,23 @@ def selftest(
     tracker: Optional[str] = cli_device.TrackerOpt,
     key: Optional[str] = cli_device.KeyOpt,
     devices: Optional[List[Path]] = cli_device.DevicesOpt,
+    force: bool = Force,
 ):
     """Run the bundle's golden self-test on this machine (or, with --device/--tracker, on the board):
     PASS/FAIL with numbers (exit 1 on FAIL)."""
     from edgeres.fileio import write_json
     from edgeres.selftest import run_selftest
 
+    from edgeres.outputs import check_option_outputs
+
+    check_option_outputs([(json_out, "--json")], force=force)
     spec = cli_device.resolve(device, tracker, key, devices)
     res = run_selftest(bundle, verify=verify, device=spec)
     if res.note:
         console.print(f"note: {res.note}", markup=False, highlight=False)
     console.print(res.line(), markup=False, highlight=False)
     if json_out:
-        write_json(json_out, res.to_dict())
+        write_json(json_out, {"format": "edgeres.selftest/1", **res.to_dict()})
     if not res.passed:
         raise typer.Exit(1)
 

@@ -14,7 +14,9 @@ from typing import Any, List, Optional
 import typer
 from rich.table import Table
 
+from edgeres.cli_format import Force
 from edgeres.errors import UsageError
+from edgeres.outputs import check_option_outputs
 
 DeviceOpt = typer.Option(None, "--device", help="The board: HOST:PORT of its TVM RPC server, or a name from "
                          "devices.toml (README 'Measure on your board').")
@@ -112,6 +114,7 @@ def register(app: typer.Typer, console: Any) -> None:  # noqa: C901 - one closur
         json_out: Optional[Path] = typer.Option(None, "--json", help="Write the profile as JSON."),
         plot: Optional[Path] = typer.Option(None, "--plot", help="Write a bar chart of the stages (.png)."),
         top: int = typer.Option(10, "--top", help="How many of the slowest operators to list."),
+        force: bool = Force,
     ):
         """Per-operator latency grouped per ResNet stage (stem, layer1..N, head), here or on a board."""
         from edgeres.backends import get_backend
@@ -121,6 +124,7 @@ def register(app: typer.Typer, console: Any) -> None:  # noqa: C901 - one closur
 
         if repeats < 3:
             raise UsageError("--repeats must be at least 3")
+        check_option_outputs([(json_out, "--json"), (plot, "--plot")], force=force)
         spec = resolve(device, tracker, key, devices)
         b = load_bundle(bundle)
         art = b.artifact()
@@ -146,7 +150,7 @@ def register(app: typer.Typer, console: Any) -> None:  # noqa: C901 - one closur
         if json_out:
             from edgeres.fileio import write_json
 
-            write_json(json_out, res)
+            write_json(json_out, {"format": "edgeres.profile/1", **res})
             console.print(f"wrote {json_out}")
         if plot:
             from edgeres.plots import barh_panels
@@ -166,5 +170,5 @@ def bench_on_device(bundle: Path, spec: Any, repeats: int, json_out: Optional[Pa
     if json_out:
         from edgeres.fileio import write_json
 
-        write_json(json_out, res)
+        write_json(json_out, {"format": "edgeres.bench-device/1", **res})
         console.print(f"wrote {json_out}")

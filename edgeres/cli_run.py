@@ -70,6 +70,7 @@ def _register_bench(app: typer.Typer, console) -> None:  # noqa: ANN001
         devices: Optional[List[Path]] = cli_device.DevicesOpt,
         variant: Optional[str] = typer.Option(None, "--variant", help="Portable TVM bundles: time this ISA-level "
                                               "variant (default: the best this CPU runs)."),
+        force: bool = Force,
     ):
         """Median latency of the bundle's artifact beside ONNX Runtime / PyTorch; with --device/--tracker, on
         the board: median/p90/p99 and throughput, beside ONNX Runtime on the board when it has it."""
@@ -80,7 +81,7 @@ def _register_bench(app: typer.Typer, console) -> None:  # noqa: ANN001
         if json_out is not None:
             from edgeres.outputs import check_file_output
 
-            check_file_output(json_out, "--json")  # before any measuring
+            check_file_output(json_out, "--json", force=force)  # before any measuring
         warn_random_weights(bundle)
         spec = cli_device.resolve(device, tracker, key, devices)
         if spec is not None:

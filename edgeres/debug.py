@@ -52,7 +52,7 @@ class DebugReport:
         return d
 
     def write_json(self, path: str | os.PathLike) -> Path:
-        return write_json(path, self.to_dict())
+        return write_json(path, {"format": "edgeres.debug/1", **self.to_dict()})
 
     def plot(self, path: str | os.PathLike) -> Path:
         """SNR per layer along the network (graph order): in the model, and of the layer alone."""

@@ -173,6 +173,13 @@ def check_file_outputs(paths: Iterable[str | os.PathLike], option: str = "--out"
         check_file_output(p, option, force=force)
 
 
+def check_option_outputs(outputs: Iterable[tuple[str | os.PathLike | None, str]], *, force: bool = False) -> None:
+    """:func:`check_file_output` for each ``(path, option)`` given (None: the option was not used)."""
+    for path, option in outputs:
+        if path is not None:
+            check_file_output(path, option, force=force)
+
+
 def check_calib_cache(path: str | os.PathLike, option: str = "--calib-cache") -> Path:
     """Before any work: an existing ``--calib-cache`` must be an edgeres calibration cache (it is read
     and extended); a new one must be creatable (it is written there, atomically)."""

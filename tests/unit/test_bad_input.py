@@ -213,3 +213,17 @@ def test_missing_weights_and_calibration_suggest_what_the_user_has(cli, tmp_path
     assert "--calib" not in line  # the source problem comes first
     _one_error_line(cli("compile", "resnet20", "--weights", "random", "--target", "x86-64", "--precision", "int8",
                         "--out", tmp_path / "b"), "--calib builtin", "make-data")
+
+
+def test_selftest_and_bench_json_never_replace_a_users_file(cli_main, random_bundle, tmp_path):
+    """--json of selftest/bench (like profile/debug): a user's file is refused before any work, --force
+    replaces it, and the file edgeres wrote is replaced on the next run without --force."""
+    for args in (["selftest", random_bundle], ["bench", random_bundle, "--repeats", "3"]):
+        mine = tmp_path / f"{args[0]}.json"
+        mine.write_text('{"my": "numbers"}')
+        r = cli_main(*args, "--json", mine)
+        assert r.returncode == 2 and "was not written by edgeres; pass --force" in r.stderr, r.stderr
+        assert json.loads(mine.read_text()) == {"my": "numbers"}
+        assert cli_main(*args, "--json", mine, "--force").returncode == 0
+        assert json.loads(mine.read_text())["format"].startswith("edgeres.")
+        assert cli_main(*args, "--json", mine).returncode == 0  # its own file: replaced
