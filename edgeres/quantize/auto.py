@@ -25,13 +25,13 @@ import numpy as np
 from edgeres.quantize.calibration import METHODS
 from edgeres.quantize.collect import Sample
 from edgeres.quantize.options import AUTO, QuantOptions
-from edgeres.quantize.probes import measure_bias, with_bias
+from edgeres.quantize.probes import measure_bias, reference_means, with_bias
 from edgeres.quantize.qdq import insert_qdq, plan_quantization
 
 MIN_HOLDOUT = 16  # fewer held-out images cannot tell candidates apart
 FALLBACK_METHOD = "percentile"  # auto's pick when it cannot score (too few calibration images)
 BIAS_MARGIN = 0.02  # bias correction must lower the KL by 2 % to count as helping
-BIAS_FINALISTS = 2  # bias correction is tried on the best two methods (each try costs three short passes)
+BIAS_FINALISTS = 1  # bias correction is tried on the best method only (each try costs two short passes)
 Ranges = Mapping[str, tuple[float, float]]
 
 
@@ -77,13 +77,15 @@ def choose(model: Any, options: QuantOptions, ranges_of: Callable[[str], Ranges]
         rec = _fallback(options, why)
         if options.bias_correction == "on" and sample.bias is not None:
             rec["bias_correction"] = True
-            rec["bias"] = _listed(measure_bias(model, ranges_of(rec["method"]), options, sample.bias))
+            rec["bias"] = _listed(measure_bias(model, ranges_of(rec["method"]), options, sample.bias,
+                                               sample.reference))
         return _finish(rec, sample, t0)
     if sample.holdout is None:  # one fixed method, bias correction "on" or "off": nothing to score
         rec = _fallback(options, "no scoring needed")
         if options.bias_correction == "on" and sample.bias is not None:
             rec["bias_correction"] = True
-            rec["bias"] = _listed(measure_bias(model, ranges_of(rec["method"]), options, sample.bias))
+            rec["bias"] = _listed(measure_bias(model, ranges_of(rec["method"]), options, sample.bias,
+                                               sample.reference))
         return _finish(rec, sample, t0)
     ref = _logits(model, sample.holdout)
     plan = plan_quantization(model, options.form)
@@ -100,8 +102,9 @@ def choose(model: Any, options: QuantOptions, ranges_of: Callable[[str], Ranges]
     biases: dict[str, dict[str, np.ndarray]] = {}
     if want_bias:
         finalists = sorted(methods, key=lambda m: scores[m]["kl"])[:BIAS_FINALISTS] if scores else list(methods)
+        fp32_means = sample.reference or reference_means(model, options, sample.bias)  # shared by the finalists
         for m in finalists:
-            biases[m] = measure_bias(model, ranges_of(m), options, sample.bias)
+            biases[m] = measure_bias(model, ranges_of(m), options, sample.bias, fp32_means)
             scores[f"{m}+bias"] = score(with_bias(model, biases[m]), ranges_of(m))
     best = _pick(scores, options)
     method, corrected = best.split("+")[0], best.endswith("+bias")

@@ -147,7 +147,8 @@ def calibrate(fp32_onnx: Path, calib_batches: Batches | None, *, options: QuantO
                              "pass calibration images (or an existing --calib-cache)")
         # Images are held out of the ranges only when something will be scored on them.
         sample = Sample() if options.needs_scoring else None
-        stats, num_range = collect_stats(model, wanted, calib_batches, num_bins=options.num_bins, sample=sample)
+        stats, num_range = collect_stats(model, wanted, calib_batches, num_bins=options.num_bins, sample=sample,
+                                         means_of=_bias_outputs(model, options))
         held = sample.num_holdout if sample is not None else 0
         cache = CalibCache(model_sha, data_fingerprint or "", options.num_bins, num_range + held, stats,
                            num_holdout=held, graph=graph_tag(options.equalize))
@@ -174,6 +175,16 @@ def calibrate(fp32_onnx: Path, calib_batches: Batches | None, *, options: QuantO
                       source_sha256=model_sha, data_fingerprint=data_fingerprint, num_calib=cache.num_calib,
                       num_holdout=cache.num_holdout, cache_path=Path(cache_path) if cache_path else None,
                       cache_hit=cache_hit, calib_seconds=time.perf_counter() - t0, equalized=pairs)
+
+
+def _bias_outputs(model: Any, options: QuantOptions) -> list[str]:
+    """The FP32 tensors bias correction compares against (the quantized Conv/Gemm outputs), or none."""
+    if options.bias_correction == "off":
+        return []
+    from edgeres.quantize.probes import bias_sites
+
+    outputs = {n.name: n.output[0] for n in model.graph.node}
+    return [outputs[s] for s in bias_sites(model, plan_quantization(model, options.form))]
 
 
 def _choice(model: Any, options: QuantOptions, cache: CalibCache, ranges_of: Callable[[str], dict],

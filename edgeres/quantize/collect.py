@@ -22,7 +22,7 @@ RECOMMENDED_CALIB_IMAGES = 500
 DEFAULT_MAX_CHUNK = 8
 HOLDOUT_EVERY = 4  # every 4th calibration image scores candidates instead of setting ranges
 MAX_HOLDOUT = 128
-BIAS_IMAGES = 64  # range images on which bias correction is measured
+BIAS_IMAGES = 64  # range images on which bias correction is measured (two short passes each)
 
 Batches = Callable[[], Iterable[np.ndarray]]
 
@@ -112,6 +112,9 @@ class Sample:
 
     holdout: np.ndarray | None = None
     bias: np.ndarray | None = None
+    # FP32 per-image, per-channel means of the tensors ``collect_stats(means_of=...)`` named, on the
+    # ``bias`` images, measured during the calibration pass (bias correction's reference, for free)
+    reference: dict[str, np.ndarray] | None = None
 
     @property
     def num_holdout(self) -> int:
@@ -165,19 +168,29 @@ def collect_stats(
     num_bins: int = DEFAULT_NUM_BINS,
     max_chunk: int = DEFAULT_MAX_CHUNK,
     sample: Sample | None = None,
+    means_of: Sequence[str] = (),
 ) -> tuple[dict[str, TensorStats], int]:
     """Statistics of every tensor in ``names`` over the calibration batches, and the image count.
 
     With ``sample``, the held-out images are set aside there (see :func:`split_holdout`) and not
     measured. Zero images raise :class:`InputError`; fewer than :data:`MIN_CALIB_IMAGES` warn.
-    NaN/Inf in an input or activation raise :class:`InputError` naming the tensor.
+    NaN/Inf in an input or activation raise :class:`InputError` naming the tensor. ``means_of``
+    (with ``sample``): tensors whose per-image channel means on the bias images go to ``sample.reference``.
     """
     stats = {n: TensorStats(num_bins=num_bins) for n in names}
     num_images = 0
     batches = calib_batches() if sample is None else split_holdout(calib_batches(), sample)
-    for index, chunk, values in iter_tensors(model, names, batches, max_chunk=max_chunk):
+    means_of = list(means_of) if sample is not None else []
+    means: dict[str, list[np.ndarray]] = {t: [] for t in means_of}
+    wanted = list(dict.fromkeys([*names, *means_of]))
+    for index, chunk, values in iter_tensors(model, wanted, batches, max_chunk=max_chunk):
+        if num_images < BIAS_IMAGES:  # split_holdout's bias images are the first range images
+            for t in means_of:
+                v = values[t][: BIAS_IMAGES - num_images].astype(np.float64)
+                means[t].append(v.reshape(v.shape[0], v.shape[1], -1).mean(axis=2) if v.ndim > 2 else v)
         num_images += chunk.shape[0]
-        for name, value in values.items():
+        for name in names:
+            value = values[name]
             try:
                 stats[name].update(value, name)
             except InputError as e:
@@ -185,6 +198,10 @@ def collect_stats(
                     f"tensor {name!r} became NaN/Inf on calibration batch {index}; "
                     "the FP32 model overflows on this data: check the images' preprocessing and the model"
                 ) from e
+    if sample is not None and means_of and sample.bias is not None:
+        reference = {t: np.concatenate(v) for t, v in means.items()}
+        if all(r.shape[0] == sample.bias.shape[0] for r in reference.values()):
+            sample.reference = reference
     total = num_images + (sample.num_holdout if sample is not None else 0)
     if num_images == 0:
         raise InputError(

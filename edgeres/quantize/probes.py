@@ -159,8 +159,16 @@ def significant_shift(diff: np.ndarray, z: float = SIGNIFICANCE) -> np.ndarray:
     return np.where(np.abs(mean) > z * se, mean, 0.0)
 
 
+def reference_means(model, options: "QuantOptions", images: np.ndarray) -> dict[str, np.ndarray]:
+    """The FP32 model's per-image, per-channel output means at every bias site, on ``images``: what
+    :func:`measure_bias` compares against (measure it once when several candidates are corrected)."""
+    sites = bias_sites(model, plan_quantization(model, options.form))
+    outputs = {n.name: n.output[0] for n in model.graph.node}
+    return _image_means(model, [outputs[s] for s in sites], images)
+
+
 def measure_bias(model, ranges: Mapping[str, tuple[float, float]], options: "QuantOptions",
-                 images: np.ndarray) -> dict[str, np.ndarray]:
+                 images: np.ndarray, reference: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Per quantized Conv/Gemm of ``model`` (the prepared FP32 graph): the bias correction, on ``images``.
 
     Two passes. (1) Each layer's own output mean shift, measured where it sits in the Q/DQ model:
@@ -168,7 +176,8 @@ def measure_bias(model, ranges: Mapping[str, tuple[float, float]], options: "Qua
     rounding; no upstream error, so nothing is corrected twice). (2) With those corrections in, half
     of the remaining per-channel mean difference between the Q/DQ model and the FP32 model at each
     layer's output (what upstream noise does through the nonlinearities) is added too. Only shifts
-    beyond :data:`SIGNIFICANCE` standard errors (per-image means) are corrected.
+    beyond :data:`SIGNIFICANCE` standard errors (per-image means) are corrected. ``reference``: the FP32
+    means of :func:`reference_means` on the same ``images``, when already measured.
     """
     from onnx import numpy_helper
 
@@ -198,7 +207,8 @@ def measure_bias(model, ranges: Mapping[str, tuple[float, float]], options: "Qua
     q2 = insert_qdq(corrected, plan_quantization(corrected, options.form), ranges, per_channel=options.per_channel,
                     reduce_range=options.reduce_range)
     outputs = {n: fp_nodes[n].output[0] for n in sites}
-    ref, got = _image_means(model, list(outputs.values()), images), _image_means(q2, list(outputs.values()), images)
+    ref = reference if reference is not None else reference_means(model, options, images)
+    got = _image_means(q2, list(outputs.values()), images)
     return {n: (local[n] + RESIDUAL_DAMPING * significant_shift(ref[o] - got[o])).astype(np.float32)
             for n, o in outputs.items()}
 

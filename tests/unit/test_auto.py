@@ -151,3 +151,35 @@ def test_auto_with_too_few_images_to_score_says_so(tmp_path):
     with pytest.warns(UserWarning, match="--method auto: 10 held-out calibration images are too few.*percentile"):
         res = quantize(fp32, tmp_path / "few.onnx", lambda: [CALIB[:40]], data_fingerprint="few")
     assert res.method == "percentile" and "too few" in res.auto["why"] and res.num_calib == 40
+
+
+def test_bias_reference_comes_from_the_calibration_pass(tmp_path):
+    """The FP32 means bias correction compares against are taken during the calibration pass (no extra
+    pass): they equal a separate FP32 run on the bias images, and the correction is the same either way."""
+    from edgeres.quantize.calibrated import _bias_outputs, prepared_graph
+    from edgeres.quantize.collect import BIAS_IMAGES, Sample, collect_stats
+    from edgeres.quantize.probes import measure_bias, reference_means
+    from edgeres.quantize.qdq import calibration_tensors
+    from tests.unit.test_quantize_cache import small_resnet
+
+    model, _ = prepared_graph(onnx.load(str(small_resnet(tmp_path / "m.onnx"))), False)
+    opts = QuantOptions(method="minmax", bias_correction="on", per_channel=False, reduce_range=True)
+    x = [np.random.default_rng(i).normal(size=(24, 3, 8, 8)).astype(np.float32) for i in range(6)]
+    sample = Sample()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        stats, _ = collect_stats(model, calibration_tensors(model), lambda: x, sample=sample,
+                                 means_of=_bias_outputs(model, opts))
+    assert sample.bias.shape[0] == BIAS_IMAGES and sample.reference is not None
+    separate = reference_means(model, opts, sample.bias)
+    assert set(separate) == set(sample.reference) and len(separate) == 4
+    for name, means in separate.items():
+        np.testing.assert_allclose(sample.reference[name], means, rtol=1e-5, atol=1e-6)
+    from edgeres.quantize.calibration import compute_range
+
+    ranges = {t: compute_range(s, "minmax", symmetric=False) for t, s in stats.items()}
+    a = measure_bias(model, ranges, opts, sample.bias, sample.reference)
+    b = measure_bias(model, ranges, opts, sample.bias)
+    assert any(np.any(v) for v in a.values())
+    for name in b:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=1e-6)
