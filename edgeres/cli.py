@@ -184,7 +184,7 @@ def compile_cmd(
             source, tgt, out, precision=precision, weights=weights, calib=calib, val=val, quant=quant,
             calib_cache=calib_cache, exclude=tuple(exclude or ()), max_drop=max_drop, val_limit=val_limit,
             qat=cli_quantize.qat_from_cli(qat_data, qat_epochs),
-            fallback=fallback, log=lambda s: console.print(f"  {s}", markup=False),
+            fallback=fallback, equalize_fallback=equalize is None, log=lambda s: console.print(f"  {s}", markup=False),
             backend_options=_backend_options(option, tuning_db), task=task, features=features, min_cosine=min_cosine,
             force=force, progress=True,
         )

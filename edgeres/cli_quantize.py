@@ -123,15 +123,16 @@ def _register_quantize(app: typer.Typer, console) -> None:  # noqa: ANN001
         res, fb = quantize_stage(onnx_path, out, batches, fingerprint, options=opts, cache_path=cache,
                                  exclude=tuple(exclude or ()), val_ds=val_ds, qat=qat, source=source,
                                  max_drop=(1.0 if max_drop is None else max_drop) if val_ds is not None else None,
-                                 log=lambda s: console.print(f"  {s}", markup=False))
+                                 log=lambda s: console.print(f"  {s}", markup=False), equalize_fallback=equalize is None)
         info = {"method": res.method, "requested_method": opts.method, "bias_correction": res.bias_correction,
-                "equalize": opts.equalize}
+                "equalize": res.options.equalize}
         if res.auto.get("why") and fb is None:
             console.print(f"  calibration: {res.auto['why']}", markup=False)
         console.print(f"[green]quantized[/green] {onnx_path} -> {res.path} ({describe_quantization(info)}, "
                       f"{res.form} form, {'7-bit weights, ' if res.reduce_range else ''}"
                       f"{res.num_quantized_nodes} nodes INT8, {res.num_calib} calibration images"
-                      f"{', cache hit' if res.cache_hit else ''}; cache {res.cache_path})")
+                      f"{', cache hit' if res.cache_hit else ''}; "
+                      f"{f'cache {res.cache_path}' if res.cache_path else 'equalized graph not cached'})")
         if fb is not None and fb.get("qat"):
             qr = fb["qat"]
             console.print(f"quantization-aware training ({qr['epochs']} epoch(s), {qr['steps']} steps): top-1 drop "

@@ -114,6 +114,7 @@ def compile_bundle(
     max_drop: float | None = None,
     val_limit: int | None = None,
     fallback: bool = True,
+    equalize_fallback: bool = True,
     backend_options: dict[str, Any] | None = None,
     targets_dirs: tuple[str, ...] = (),
     log: Callable[[str], None] = lambda s: None,
@@ -164,7 +165,8 @@ def compile_bundle(
             quant_info = quantize_into(tmp / FP32_ONNX, tmp / INT8_ONNX, tmp / CALIB_CACHE, tgt, quant,
                                        batches=batches, fingerprint=fingerprint, calib=calib, calib_cache=calib_cache,
                                        exclude=exclude, val_ds=val_ds if fallback and not task_rec.is_features else None,
-                                       max_drop=threshold, log=log, qat=qat, source=src)
+                                       max_drop=threshold, log=log, qat=qat, source=src,
+                                       equalize_fallback=equalize_fallback)
             deploy_onnx = tmp / INT8_ONNX
             timings["quantize"] = time.perf_counter() - t
             log_quantized(log, quant_info, tgt, timings["quantize"], threshold)

@@ -64,7 +64,7 @@ def quantize_into(fp32: Path, int8: Path, cache_dest: Path, tgt: Target, quant: 
                   batches: Any, fingerprint: str | None, calib: str | None,
                   calib_cache: str | os.PathLike | None, exclude: tuple[str, ...], val_ds: Any,
                   max_drop: float | None, log: Callable[[str], None], qat: Any = None,
-                  source: Any = None) -> dict[str, Any]:
+                  source: Any = None, equalize_fallback: bool = True) -> dict[str, Any]:
     """Quantize a bundle's FP32 ONNX into its INT8 ONNX (with the calibration cache ``cache_dest``,
     seeded from and copied back to ``calib_cache``); the manifest record."""
     if calib_cache and Path(calib_cache).is_file():
@@ -72,13 +72,13 @@ def quantize_into(fp32: Path, int8: Path, cache_dest: Path, tgt: Target, quant: 
     q, fb_record = quantize_stage(
         fp32, int8, batches, fingerprint, options=quant, cache_path=cache_dest, exclude=exclude,
         fallback_precision=tgt.fallback_precision, val_ds=val_ds, max_drop=max_drop, log=log, qat=qat,
-        source=source)
+        source=source, equalize_fallback=equalize_fallback)
     if calib_cache and not Path(calib_cache).is_file():
         with atomic_path(calib_cache) as tmp_cache:
             shutil.copyfile(cache_dest, tmp_cache)
     if q.auto.get("why") and fb_record is None:  # the fallback logs the choice itself
         log(f"calibration: {q.auto['why']}")
-    return {**quant.to_record(), "method": q.method, "requested_method": quant.method,
+    return {**q.options.to_record(), "method": q.method, "requested_method": quant.method,
             "bias_correction": q.bias_correction, "auto": q.auto or None, "num_calib": q.num_calib,
             "num_holdout": q.num_holdout,
             "quantized_nodes": q.num_quantized_nodes, "excluded": list(q.excluded), "cache_hit": q.cache_hit,
@@ -89,12 +89,13 @@ def quantize_into(fp32: Path, int8: Path, cache_dest: Path, tgt: Target, quant: 
 def quantize_stage(fp32: Path, out: Path, batches: Any, fingerprint: str | None, *, options: QuantOptions,
                    cache_path: Path | None, exclude: tuple[str, ...] = (), val_ds: Any = None,
                    max_drop: float | None = None, fallback_precision: str = "fp32", qat: Any = None,
-                   source: Any = None, log: Callable[[str], None] = lambda s: None):
+                   source: Any = None, log: Callable[[str], None] = lambda s: None, equalize_fallback: bool = True):
     """Quantize with ``options``. With validation data, guarantee ``max_drop`` by keeping the most
     harmful layers in ``fallback_precision`` (``exclude`` is kept float from the start then too), and
     with ``qat`` (:class:`~edgeres.training.qat.QatOptions`) and ``source`` (the checkpoint's model),
     by quantization-aware fine-tuning when more than a few layers would have to stay float.
-    Returns (QuantizeResult, fallback record or None)."""
+    ``equalize_fallback``: also try cross-layer equalization before float layers (False: the user
+    said ``--no-equalize``). Returns (QuantizeResult, fallback record or None)."""
     from edgeres.quantize import quantize
 
     if val_ds is None or max_drop is None:
@@ -104,7 +105,7 @@ def quantize_stage(fp32: Path, out: Path, batches: Any, fingerprint: str | None,
     from edgeres.data import iter_batches
 
     common = {"max_drop": max_drop, "data_fingerprint": fingerprint, "options": options, "exclude": exclude,
-              "fallback_precision": fallback_precision, "log": log}
+              "fallback_precision": fallback_precision, "log": log, "equalize_fallback": equalize_fallback}
     if qat is not None:
         from edgeres.quantize.qat_fallback import quantize_with_qat
 

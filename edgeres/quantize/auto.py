@@ -89,10 +89,11 @@ def choose(model: Any, options: QuantOptions, ranges_of: Callable[[str], Ranges]
         return _finish(rec, sample, t0)
     ref = _logits(model, sample.holdout)
     plan = plan_quantization(model, options.form)
+    weights: dict = {}  # every candidate has the model's weights (bias correction changes biases only)
 
     def score(m: Any, ranges: Ranges) -> dict[str, float]:
         q = insert_qdq(m, plan_quantization(m, options.form) if m is not model else plan, ranges,
-                       per_channel=options.per_channel, reduce_range=options.reduce_range)
+                       per_channel=options.per_channel, reduce_range=options.reduce_range, weight_cache=weights)
         return agreement_scores(ref, _logits(q, sample.holdout))
 
     scores: dict[str, dict[str, float]] = {}
@@ -104,7 +105,7 @@ def choose(model: Any, options: QuantOptions, ranges_of: Callable[[str], Ranges]
         finalists = sorted(methods, key=lambda m: scores[m]["kl"])[:BIAS_FINALISTS] if scores else list(methods)
         fp32_means = sample.reference or reference_means(model, options, sample.bias)  # shared by the finalists
         for m in finalists:
-            biases[m] = measure_bias(model, ranges_of(m), options, sample.bias, fp32_means)
+            biases[m] = measure_bias(model, ranges_of(m), options, sample.bias, fp32_means, weight_cache=weights)
             scores[f"{m}+bias"] = score(with_bias(model, biases[m]), ranges_of(m))
     best = _pick(scores, options)
     method, corrected = best.split("+")[0], best.endswith("+bias")

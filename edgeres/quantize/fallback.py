@@ -8,7 +8,11 @@
     res.fallback_layers, res.drop_top1
 
 1. Calibrate once and quantize everything; measure the top-1 drop of the Q/DQ model
-   against the FP32 model in ONNX Runtime on the validation images.
+   against the FP32 model in ONNX Runtime on the validation images. Above ``max_drop``
+   (and unless the options already equalize, or ``equalize_fallback=False``): calibrate the
+   cross-layer-equalized graph too and keep it when its plain INT8 drops less: one scaling
+   channel can ruin every method's ranges, and equalization costs one calibration pass, not
+   a float layer (the equalized calibration is not cached: the cache holds one graph).
 2. Above ``max_drop``: rank the quantized nodes by harm, by default with the one-pass
    proxy :func:`~edgeres.quantize.sensitivity.local_errors`; ``rank="int8-one"`` or
    ``"fp32-one"`` measure each node's effect on the logits instead (one model per node;
@@ -71,6 +75,8 @@ class FallbackResult:
     all_fell_back: bool = False
     quantize_result: QuantizeResult | None = None
     seconds: float = 0.0
+    # the cross-layer-equalization try, when plain INT8 broke the bound: {"kept", "drop_before", "drop_after", "pairs"}
+    equalization: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -88,7 +94,7 @@ class FallbackResult:
             "max_drop": self.max_drop, "drop_top1": round(self.drop_top1, 4),
             "baseline_drop_top1": round(self.baseline_drop_top1, 4), "rounds": self.rounds,
             "precision": self.fallback_precision, "val_images": self.reports[0].num_images if self.reports else 0,
-            "all_fell_back": self.all_fell_back, "rank": self.rank,
+            "all_fell_back": self.all_fell_back, "rank": self.rank, "equalization": self.equalization,
         }
 
 
@@ -125,6 +131,7 @@ def quantize_with_fallback(
     exclude: Iterable[str] = (),
     record: dict[str, Any] | None = None,
     log: Callable[[str], None] | None = None,
+    equalize_fallback: bool = True,
 ) -> FallbackResult:
     """Quantize ``fp32_onnx`` to ``out`` with a top-1 drop of at most ``max_drop`` points on the val images.
 
@@ -135,7 +142,8 @@ def quantize_with_fallback(
     bound cannot be met: with every quantized node float, or after ``max_rounds`` rounds;
     the exception's ``result`` attribute holds the :class:`FallbackResult`. ``options`` and
     ``exclude`` (layers float from the start) as for :func:`edgeres.quantize.quantize`; ``record``:
-    extra fields for the output's ``edgeres.quantization`` metadata.
+    extra fields for the output's ``edgeres.quantization`` metadata. ``equalize_fallback``: try the
+    cross-layer-equalized graph when plain INT8 breaks the bound (see the module doc).
     """
     _check_options(max_drop, step, max_rounds, fallback_precision, rank)
     options = options or QuantOptions()
@@ -150,8 +158,14 @@ def quantize_with_fallback(
         say(f"calibration: {cal.choice['why']}")
     ev = Evaluator(Path(reference_onnx or fp32_onnx), val_batches_fn, max_images=max_val_images)
 
+    first = _plain(cal, ev, list(dict.fromkeys(exclude)), max_drop, say)
+    tried = None
+    if not first.passed and equalize_fallback and not options.equalize and calib_batches is not None:
+        cal, first, tried = _try_equalized(cal, first, fp32_onnx, calib_batches, ev, list(dict.fromkeys(exclude)),
+                                           max_drop=max_drop, data_fingerprint=data_fingerprint, say=say)
     result = _fall_back(cal, ev, list(dict.fromkeys(exclude)), max_drop=max_drop, step=step, max_rounds=max_rounds,
-                        rank=rank, fallback_precision=fallback_precision, say=say)
+                        rank=rank, fallback_precision=fallback_precision, say=say, first=first)
+    result.equalization = tried
     final, excluded, candidates = result.reports[-1], list(result.fallback_layers), result.num_candidates
     if not final.passed:
         result.seconds = time.perf_counter() - t0
@@ -168,19 +182,52 @@ def quantize_with_fallback(
     return result
 
 
-def _fall_back(cal, ev: Evaluator, excluded: list[str], *, max_drop: float, step: int, max_rounds: int | None,
-               rank: str, fallback_precision: str, say: Callable[[str], None]) -> FallbackResult:
-    """Evaluate plain INT8, then keep the ``step`` most harmful remaining layers float per round until the
-    bound holds (or ``max_rounds`` / the candidates run out); the result without path."""
-    def evaluate(round_: int) -> AccuracyReport:
-        t = time.perf_counter()
-        s = ev.score(cal.build(excluded))
-        return ev.report(s, max_drop=max_drop, seconds=time.perf_counter() - t,
-                         context={"round": round_, "fallback_layers": list(excluded)})
+def _evaluate(cal, ev: Evaluator, excluded: list[str], max_drop: float, round_: int) -> AccuracyReport:
+    t = time.perf_counter()
+    s = ev.score(cal.build(excluded))
+    return ev.report(s, max_drop=max_drop, seconds=time.perf_counter() - t,
+                     context={"round": round_, "fallback_layers": list(excluded)})
 
-    reports = [evaluate(0)]
-    say(f"plain INT8 ({cal.method}{' + bias correction' if cal.bias else ''}): top-1 drop "
-        f"{reports[0].drop_top1:.2f} points (limit {max_drop})")
+
+def _plain(cal, ev: Evaluator, excluded: list[str], max_drop: float, say: Callable[[str], None]) -> AccuracyReport:
+    """The plain INT8 model's report (``excluded``, the user's layers, float)."""
+    rep = _evaluate(cal, ev, excluded, max_drop, 0)
+    say(f"plain INT8 ({cal.method}{' + bias correction' if cal.bias else ''}"
+        f"{', equalized' if cal.options.equalize else ''}): top-1 drop {rep.drop_top1:.2f} points (limit {max_drop})")
+    return rep
+
+
+def _try_equalized(cal, first: AccuracyReport, fp32_onnx: Path, calib_batches: Callable[[], Iterable[np.ndarray]],
+                   ev: Evaluator, excluded: list[str], *, max_drop: float, data_fingerprint: str | None,
+                   say: Callable[[str], None]) -> tuple[Any, AccuracyReport, dict[str, Any]]:
+    """Calibrate the cross-layer-equalized graph (same options, not cached); keep whichever plain INT8 drops
+    less. (calibrated model, its plain report, the record of the try)."""
+    eq = calibrate(fp32_onnx, calib_batches, options=cal.options.with_(equalize=True),
+                   data_fingerprint=data_fingerprint, cache_path=None, exclude=excluded)
+    record = {"kept": False, "drop_before": round(first.drop_top1, 4), "drop_after": None, "pairs": len(eq.equalized)}
+    if not eq.equalized:
+        say("cross-layer equalization: no conv -> relu -> conv pair to equalize")
+        return cal, first, record
+    rep = _plain(eq, ev, excluded, max_drop, say)
+    record["drop_after"] = round(rep.drop_top1, 4)
+    if rep.drop_top1 < first.drop_top1:
+        say(f"cross-layer equalization kept ({len(eq.equalized)} layer pairs): top-1 drop "
+            f"{first.drop_top1:.2f} -> {rep.drop_top1:.2f} points")
+        return eq, rep, {**record, "kept": True}
+    say(f"cross-layer equalization does not help ({rep.drop_top1:.2f} points): not kept")
+    return cal, first, record
+
+
+def _fall_back(cal, ev: Evaluator, excluded: list[str], *, max_drop: float, step: int, max_rounds: int | None,
+               rank: str, fallback_precision: str, say: Callable[[str], None],
+               first: AccuracyReport | None = None) -> FallbackResult:
+    """Evaluate plain INT8 (unless ``first`` is its report), then keep the ``step`` most harmful remaining
+    layers float per round until the bound holds (or ``max_rounds`` / the candidates run out); the result
+    without path."""
+    def evaluate(round_: int) -> AccuracyReport:
+        return _evaluate(cal, ev, excluded, max_drop, round_)
+
+    reports = [first if first is not None else _plain(cal, ev, excluded, max_drop, say)]
     candidates = [n for n in cal.nodes() if n not in excluded]
     ranking: list[tuple[str, float]] = []
     if not reports[0].passed and max_rounds != 0:

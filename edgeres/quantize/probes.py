@@ -168,7 +168,8 @@ def reference_means(model, options: "QuantOptions", images: np.ndarray) -> dict[
 
 
 def measure_bias(model, ranges: Mapping[str, tuple[float, float]], options: "QuantOptions",
-                 images: np.ndarray, reference: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+                 images: np.ndarray, reference: Mapping[str, np.ndarray] | None = None,
+                 weight_cache: dict | None = None) -> dict[str, np.ndarray]:
     """Per quantized Conv/Gemm of ``model`` (the prepared FP32 graph): the bias correction, on ``images``.
 
     Two passes. (1) Each layer's own output mean shift, measured where it sits in the Q/DQ model:
@@ -177,13 +178,15 @@ def measure_bias(model, ranges: Mapping[str, tuple[float, float]], options: "Qua
     of the remaining per-channel mean difference between the Q/DQ model and the FP32 model at each
     layer's output (what upstream noise does through the nonlinearities) is added too. Only shifts
     beyond :data:`SIGNIFICANCE` standard errors (per-image means) are corrected. ``reference``: the FP32
-    means of :func:`reference_means` on the same ``images``, when already measured.
+    means of :func:`reference_means` on the same ``images``, when already measured; ``weight_cache``: as
+    for :func:`~edgeres.quantize.qdq.insert_qdq` (``model``'s weights quantized once).
     """
     from onnx import numpy_helper
 
     plan = plan_quantization(model, options.form)
     sites = bias_sites(model, plan)
-    qmodel = insert_qdq(model, plan, ranges, per_channel=options.per_channel, reduce_range=options.reduce_range)
+    qmodel = insert_qdq(model, plan, ranges, per_channel=options.per_channel, reduce_range=options.reduce_range,
+                        weight_cache=weight_cache)
     g = qmodel.graph
     fp_nodes = {n.name: n for n in model.graph.node}
     fp_inits = {t.name: t for t in model.graph.initializer}
@@ -205,7 +208,7 @@ def measure_bias(model, ranges: Mapping[str, tuple[float, float]], options: "Qua
     local = {n: significant_shift(means[b] - means[a]) for n, (a, b) in pairs.items()}
     corrected = with_bias(model, {n: v.astype(np.float32) for n, v in local.items()})
     q2 = insert_qdq(corrected, plan_quantization(corrected, options.form), ranges, per_channel=options.per_channel,
-                    reduce_range=options.reduce_range)
+                    reduce_range=options.reduce_range, weight_cache=weight_cache)
     outputs = {n: fp_nodes[n].output[0] for n in sites}
     ref = reference if reference is not None else reference_means(model, options, images)
     got = _image_means(q2, list(outputs.values()), images)

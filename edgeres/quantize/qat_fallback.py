@@ -38,13 +38,15 @@ def quantize_with_qat(fp32_onnx: Path, out: Path, calib_batches: Callable[[], It
                       val_batches_fn: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]], *, max_drop: float,
                       data_fingerprint: str | None, options: QuantOptions, cache_path: Path | None,
                       source: Any, qat: Any, exclude: Iterable[str] = (), fallback_precision: str = "fp32",
-                      log: Callable[[str], None] = lambda s: None) -> tuple[FallbackResult, dict[str, Any] | None]:
+                      log: Callable[[str], None] = lambda s: None, equalize_fallback: bool = True,
+                      ) -> tuple[FallbackResult, dict[str, Any] | None]:
     """(the fallback result, the QAT record or None when PTQ met the bound). ``source``: the edgeres
     checkpoint's LoadedModel; ``qat``: :class:`~edgeres.training.qat.QatOptions`."""
     from edgeres.training.qat import MAX_PTQ_FALLBACK, finetune
 
     common = {"max_drop": max_drop, "data_fingerprint": data_fingerprint, "options": options, "exclude": exclude,
-              "fallback_precision": fallback_precision, "max_rounds": MAX_PTQ_FALLBACK, "log": log}
+              "fallback_precision": fallback_precision, "max_rounds": MAX_PTQ_FALLBACK, "log": log,
+              "equalize_fallback": equalize_fallback}
     try:
         return quantize_with_fallback(fp32_onnx, out, calib_batches, val_batches_fn, cache_path=cache_path,
                                       **common), None

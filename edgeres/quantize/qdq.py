@@ -247,11 +247,13 @@ class _Names:
 
 def insert_qdq(
     model, plan: QuantPlan, ranges: Mapping[str, tuple[float, float]], *, per_channel: bool = True,
-    reduce_range: bool = False,
+    reduce_range: bool = False, weight_cache: dict | None = None,
 ) -> "onnx.ModelProto":
     """A copy of ``model`` with Q/DQ pairs per ``plan``; ``ranges`` maps activation tensors to (lo, hi).
 
-    ``reduce_range``: 7-bit weights (see :func:`quantize_weight`).
+    ``reduce_range``: 7-bit weights (see :func:`quantize_weight`). ``weight_cache``: a dict kept by a
+    caller that builds many Q/DQ models of the *same weights* (candidates differing in ranges or
+    biases): the quantized weights are computed once.
     """
     import onnx
     from onnx import helper, numpy_helper
@@ -300,7 +302,13 @@ def insert_qdq(
         w_name = node.input[site.index]
         key = (w_name, site.axis)
         if key not in weight_dq:
-            q, scale = quantize_weight(numpy_helper.to_array(inits[w_name]), site.axis, per_channel, reduce_range)
+            ckey = (w_name, site.axis, per_channel, reduce_range)
+            if weight_cache is not None and ckey in weight_cache:
+                q, scale = weight_cache[ckey]
+            else:
+                q, scale = quantize_weight(numpy_helper.to_array(inits[w_name]), site.axis, per_channel, reduce_range)
+                if weight_cache is not None:
+                    weight_cache[ckey] = (q, scale)
             q_name, s_name, z_name = fresh(f"{w_name}_int8"), fresh(f"{w_name}_scale"), fresh(f"{w_name}_zero_point")
             new_inits += [
                 numpy_helper.from_array(q, q_name),

@@ -39,7 +39,9 @@ def setup(fragile_r20, tmp_path_factory):
 
 
 def fallback(s, out: Path, **kw):
+    """The float-layer fallback alone (equalization, which fixes this model by itself, is tested below)."""
     kw.setdefault("max_drop", MAX_DROP)
+    kw.setdefault("equalize_fallback", False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "only 128 calibration images"
         return quantize_with_fallback(s["fp32"], out, s["calib"], s["val"], data_fingerprint=s["fingerprint"],
@@ -124,3 +126,15 @@ def test_bad_options(setup):
             fallback(setup, setup["dir"] / "x.onnx", **kw)
     with pytest.raises(UsageError, match="overwrite the FP32 model"):
         fallback(setup, setup["fp32"])
+
+
+def test_equalization_is_tried_before_float_layers(setup):
+    """By default a broken bound first tries the cross-layer-equalized graph: on this model (one channel
+    x1000 between two convolutions) it meets the bound with no float layer, and the record says so."""
+    res = fallback(setup, setup["dir"] / "equalized.int8.onnx", equalize_fallback=True)
+    assert res.passed and res.fallback_layers == () and res.rounds == 0
+    eq = res.equalization
+    assert eq["kept"] and eq["pairs"] > 0 and eq["drop_before"] > MAX_DROP >= eq["drop_after"], eq
+    rec = read_quantization_metadata(onnx.load(str(res.path)))
+    assert rec["equalize"] is True and rec["fallback"]["equalization"] == eq
+    assert drop(setup, res.path) == pytest.approx(res.drop_top1) and res.drop_top1 <= MAX_DROP

@@ -1,10 +1,14 @@
-"""The QAT fallback on a ResNet-20 that post-training quantization cannot hold within a tight --max-drop.
+"""The accuracy ladder on a ResNet-20 that plain post-training quantization cannot hold within a tight --max-drop.
 
 The trained ResNet-20 made weight-hostile without changing its FP32 function: in every block, the
-most active channel of ``bn1`` is divided by 30 and the matching input channel of ``conv2``
-multiplied by 30 (ReLU is positively homogeneous). With the x86 targets' 7-bit weights, each
+most active channel of ``bn1`` is divided by K and the matching input channel of ``conv2``
+multiplied by K (ReLU is positively homogeneous). With the x86 targets' 7-bit weights, each
 ``conv2``'s other input channels keep only ~2 levels per output channel: nine hostile layers, more
 than the three float layers the QAT fallback allows PTQ, and no activation range can fix weights.
+
+Cross-layer equalization undoes exactly this scaling, so the fallback tries it before float layers
+and before QAT. With ``--no-equalize`` QAT has to do it, and does not (measured: a fine-tune of
+1-3 epochs moves the FP32 weights and leaves the drop at 5-15 points; see the session note).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import onnx
 import pytest
 
 MAX_DROP = 0.3
-K = 30.0
+K = 50.0
 
 
 @pytest.fixture(scope="module")
@@ -44,18 +48,52 @@ def hostile(trained_r20, tmp_path_factory):
     return d, ck, d / "hostile.onnx"
 
 
+def _meta(path) -> dict:
+    return json.loads(next(p.value for p in onnx.load(str(path)).metadata_props if p.key == "edgeres.quantization"))
+
+
 @pytest.mark.slow
+def test_equalization_comes_before_float_layers_and_qat(hostile, cli):
+    d, ck, fp32 = hostile
+    out = d / "ladder.int8.onnx"
+    r = cli("quantize", fp32, "--calib", "builtin", "--num-calib", "256", "--reduce-range", "--val", "builtin",
+            "--val-limit", "500", "--max-drop", str(MAX_DROP), "--qat-checkpoint", ck, "--qat-data", "builtin:100",
+            "--qat-epochs", "1", "--out", out)
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-2000:])
+    plain = [line for line in r.stdout.splitlines() if "plain INT8 (" in line]
+    assert len(plain) == 2 and "equalized" not in plain[0] and "equalized" in plain[1], r.stdout
+    assert "cross-layer equalization kept" in r.stdout and "quantization-aware" not in r.stdout, r.stdout
+    meta = _meta(out)
+    assert meta["equalize"] is True and meta["equalized_pairs"] == 9 and meta["fallback"]["drop_top1"] <= MAX_DROP
+    assert not (d / "ladder.qat.fp32.onnx").exists()  # QAT never ran
+
+    from edgeres.backends.onnxruntime import make_runner
+    from edgeres.checkpoint import load_checkpoint
+    from edgeres.data import iter_batches
+    from edgeres.evaluate import compare
+    from edgeres.pipeline import open_data
+
+    val = open_data("builtin", "val", load_checkpoint(ck).preprocessing, limit=500)
+    assert compare(make_runner(fp32), make_runner(out), iter_batches(val, 100)).drop_top1 <= MAX_DROP
+
+    # --no-equalize is honoured: without equalization the bound costs many float layers
+    r = cli("quantize", fp32, "--calib", "builtin", "--num-calib", "256", "--reduce-range", "--val", "builtin",
+            "--val-limit", "500", "--max-drop", str(MAX_DROP), "--no-equalize", "--out", d / "noeq.int8.onnx")
+    assert r.returncode == 0 and "equaliz" not in r.stdout, r.stdout
+    meta = _meta(d / "noeq.int8.onnx")
+    assert meta["equalize"] is False and len(meta["fallback_layers"]) > 3
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="known gap (issue 14): QAT of a few epochs does not recover a weight-scale-"
+                   "hostile model; cross-layer equalization does (test above)")
 def test_qat_recovers_what_ptq_cannot(hostile, cli):
     d, ck, fp32 = hostile
     out = d / "hostile.int8.onnx"
     r = cli("quantize", fp32, "--calib", "builtin", "--num-calib", "256", "--reduce-range", "--val", "builtin",
             "--val-limit", "500", "--max-drop", str(MAX_DROP), "--qat-checkpoint", ck, "--qat-data", "builtin:100",
-            "--qat-epochs", "1", "--out", out)
-    if r.returncode == 0 and "quantization-aware training" not in r.stdout:
-        # The premise did not hold: PTQ (auto calibration, bias correction, <= 3 float layers) met the bound
-        # on this trained model, so QAT never ran. Known gap: on a harder model (K = 40 or 50) QAT runs but
-        # the fine-tuned model quantizes worse than before (see the session note), so K is not raised here.
-        pytest.skip(f"PTQ met --max-drop {MAX_DROP} on this model: QAT not exercised ({r.stdout.strip()[-200:]})")
+            "--qat-epochs", "1", "--no-equalize", "--out", out)
+    assert "quantization-aware training" in r.stdout, r.stdout  # PTQ gave up: QAT ran
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-2000:])
     assert "quantization-aware training" in r.stdout
     meta = json.loads(next(p.value for p in onnx.load(str(out)).metadata_props if p.key == "edgeres.quantization"))

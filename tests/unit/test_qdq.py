@@ -487,3 +487,18 @@ def test_tensorrt_parser_accepts_tensorrt_form_and_rejects_cpu_form(quantized):
 
     assert parses(quantized["tensorrt"].path)
     assert not parses(quantized["cpu"].path)  # INT32 bias DequantizeLinear: why the tensorrt form exists
+
+
+def test_weight_cache_builds_the_same_model(fp32):
+    """auto's candidates share one weight quantization (``weight_cache``): the Q/DQ model is byte-identical,
+    for other ranges too, and a key is per weight width (7-bit and 8-bit weights never mix)."""
+    model = prepare_model(onnx.load(str(fp32)))
+    plan = plan_quantization(model, "cpu")
+    ranges = {t: (0.0, 2.0 + i) for i, t in enumerate(sorted({plan.tied.get(t, t) for t in plan.tensors}))}
+    cache: dict = {}
+    for rr in (False, True):
+        for r in (ranges, {t: (lo, hi * 3) for t, (lo, hi) in ranges.items()}):
+            plain = insert_qdq(model, plan, r, reduce_range=rr)
+            cached = insert_qdq(model, plan, r, reduce_range=rr, weight_cache=cache)
+            assert cached.SerializeToString() == plain.SerializeToString()
+    assert cache and {k[3] for k in cache} == {False, True}
