@@ -132,6 +132,7 @@ def quantize_with_fallback(
     record: dict[str, Any] | None = None,
     log: Callable[[str], None] | None = None,
     equalize_fallback: bool = True,
+    range_overrides: dict[str, tuple[float, float]] | None = None,
 ) -> FallbackResult:
     """Quantize ``fp32_onnx`` to ``out`` with a top-1 drop of at most ``max_drop`` points on the val images.
 
@@ -144,6 +145,8 @@ def quantize_with_fallback(
     ``exclude`` (layers float from the start) as for :func:`edgeres.quantize.quantize`; ``record``:
     extra fields for the output's ``edgeres.quantization`` metadata. ``equalize_fallback``: try the
     cross-layer-equalized graph when plain INT8 breaks the bound (see the module doc).
+    ``range_overrides``: activation ranges that replace the calibrated ones (a QAT model's learned
+    ranges; they hold for this graph only, so equalization is not tried with them).
     """
     _check_options(max_drop, step, max_rounds, fallback_precision, rank)
     options = options or QuantOptions()
@@ -154,6 +157,9 @@ def quantize_with_fallback(
     t0 = time.perf_counter()
     cal = calibrate(fp32_onnx, calib_batches, options=options, data_fingerprint=data_fingerprint,
                     cache_path=cache_path, exclude=exclude)
+    if range_overrides:
+        cal.ranges = {**cal.ranges, **{t: r for t, r in range_overrides.items() if t in cal.ranges}}
+        equalize_fallback = False
     if cal.choice.get("why"):
         say(f"calibration: {cal.choice['why']}")
     ev = Evaluator(Path(reference_onnx or fp32_onnx), val_batches_fn, max_images=max_val_images)

@@ -62,10 +62,14 @@ def quantize_with_qat(fp32_onnx: Path, out: Path, calib_batches: Callable[[], It
                    out_onnx=qat_onnx, log=log)
     record = {"data": qat.data, "epochs": res.epochs, "steps": res.steps, "images": res.images, "lr": qat.lr,
               "seconds": round(res.seconds, 1), "last_loss": round(res.last_loss, 4), "onnx": qat_onnx.name,
-              "calibration_cache": qat_cache.name, "before": _summary(before)}
+              "calibration_cache": qat_cache.name, "learned_ranges": len(res.ranges), "before": _summary(before)}
+    # The network adapted to its fake-quant ranges and weights: keep those ranges (minmax where none
+    # matched), and no bias correction or equalization (both would pull it back towards the FP32 weights).
+    after_common = {**common, "options": options.with_(method="minmax", bias_correction="off", equalize=False)}
     try:
         fb = quantize_with_fallback(res.onnx, out, calib_batches, val_batches_fn, cache_path=qat_cache,
-                                    reference_onnx=fp32_onnx, record={"qat": record}, **common)
+                                    reference_onnx=fp32_onnx, record={"qat": record}, range_overrides=res.ranges,
+                                    **after_common)
     except AccuracyRegression as e:
         after = e.result  # type: ignore[attr-defined]
         err = AccuracyRegression(

@@ -12,8 +12,9 @@ favour of torchao's PT2E, which is not installed here, but present and working i
 3. a few epochs of Adam (small learning rate, cosine decay) on the training images with fake
    quantization in the loop;
 4. the fine-tuned float weights exported to ONNX, then quantized by edgeres's quantizer (same
-   calibration, form, integer weights and fallback as post-training quantization), so every
-   backend compiles it exactly as any other Q/DQ model. Activation ranges are recalibrated.
+   form, integer weights and fallback as post-training quantization), so every backend compiles
+   it exactly as any other Q/DQ model, with the activation ranges the fake-quant modules learned
+   (:mod:`edgeres.training.qat_ranges`; tensors without a match are calibrated with minmax).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import copy
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -56,6 +57,8 @@ class QatResult:
     images: int
     seconds: float
     last_loss: float
+    ranges: dict = field(default_factory=dict)  # {ONNX tensor: (lo, hi)} learned by the fake-quant modules
+    model: Any = field(default=None, repr=False)  # the FX fake-quant model (eval mode), e.g. to compare with
 
 
 def qconfig(form: str, reduce_range: bool, per_channel: bool = True) -> Any:
@@ -138,4 +141,10 @@ def finetune(loaded: Any, qat: QatOptions, *, form: str, reduce_range: bool, out
     folded.load_state_dict(state, strict=True)
     export_onnx(LoadedModel(folded.eval(), loaded.name, pre, loaded.model_kwargs, {**loaded.meta, "qat": True},
                             f"{loaded.source} (QAT)"), out_onnx)
-    return QatResult(Path(out_onnx), qat.epochs, steps, len(ds), time.perf_counter() - t0, loss_value)
+    from edgeres.training.qat_ranges import learned_ranges
+
+    probe = next(iter(iter_batches(ds.subset(list(range(min(16, len(ds))))), 16)))[0]
+    ranges = learned_ranges(model, Path(out_onnx), probe, form)
+    log(f"QAT: {len(ranges)} activation ranges learned by the fake-quant modules kept")
+    return QatResult(Path(out_onnx), qat.epochs, steps, len(ds), time.perf_counter() - t0, loss_value, ranges,
+                     model.eval())
