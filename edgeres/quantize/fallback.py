@@ -19,8 +19,11 @@
    ``fp32-one`` misses two layers that are only harmful together).
 3. Keep the ``step`` most harmful remaining nodes float, rebuild the Q/DQ model in
    memory from the calibration cache, re-measure; repeat until the drop is within
-   the bound. Every quantized node is a candidate (Conv/Gemm/MatMul, residual Adds,
-   pooling inputs), so with all of them float the model is the FP32 one.
+   the bound. A step that makes the drop worse is undone (the layers are quantized again
+   and tried once more only when every other candidate has been tried: the ranking is a
+   proxy, and a float layer can hurt, e.g. in a QAT model whose weights adapted to INT8).
+   Every quantized node is a candidate (Conv/Gemm/MatMul, residual Adds, pooling inputs),
+   so with all of them float the model is the FP32 one.
 
 The output's ``edgeres.quantization`` metadata records the fallback layers (in the
 order they fell back), the final and the plain-INT8 drop and the fallback precision.
@@ -172,8 +175,8 @@ def quantize_with_fallback(
     result = _fall_back(cal, ev, list(dict.fromkeys(exclude)), max_drop=max_drop, step=step, max_rounds=max_rounds,
                         rank=rank, fallback_precision=fallback_precision, say=say, first=first)
     result.equalization = tried
-    final, excluded, candidates = result.reports[-1], list(result.fallback_layers), result.num_candidates
-    if not final.passed:
+    excluded, candidates = list(result.fallback_layers), result.num_candidates
+    if not result.passed:
         result.seconds = time.perf_counter() - t0
         raise _regression(result)
     if result.all_fell_back:
@@ -240,13 +243,25 @@ def _fall_back(cal, ev: Evaluator, excluded: list[str], *, max_drop: float, step
         ranking = _rank(cal, ev, candidates, rank)
         say("most harmful: " + ", ".join(f"{n} ({v:.3g})" for n, v in ranking[:5]))
     queue = [n for n, _ in ranking]
-    while not reports[-1].passed and queue and (max_rounds is None or len(reports) - 1 < max_rounds):
-        excluded += queue[:step]
-        del queue[:step]
-        reports.append(evaluate(len(reports)))
-        say(f"round {len(reports) - 1}: {len(excluded)} layer(s) float, "
-            f"top-1 drop {reports[-1].drop_top1:.2f} points")
-    final = reports[-1]
+    deferred: list[str] = []  # layers whose float copy made the drop worse: tried again only at the end
+    best = reports[0]
+    while not best.passed and (queue or deferred) and (max_rounds is None or len(reports) - 1 < max_rounds):
+        forced = not queue  # only layers that hurt are left: keep them float anyway (all float is FP32)
+        source = queue if queue else deferred
+        take = source[:step]
+        del source[:step]
+        excluded += take
+        rep = evaluate(len(reports))
+        reports.append(rep)
+        if not forced and rep.drop_top1 > best.drop_top1:
+            del excluded[-len(take):]
+            deferred += take
+            say(f"round {len(reports) - 1}: {', '.join(take)} float makes it worse (top-1 drop "
+                f"{rep.drop_top1:.2f} points): quantized again")
+            continue
+        best = rep
+        say(f"round {len(reports) - 1}: {len(excluded)} layer(s) float, top-1 drop {rep.drop_top1:.2f} points")
+    final = best
     return FallbackResult(
         path=None, drop_top1=final.drop_top1, baseline_drop_top1=reports[0].drop_top1,
         fallback_layers=tuple(excluded), rounds=len(reports) - 1, reports=reports, passed=final.passed,
@@ -269,7 +284,7 @@ def _rank(cal, ev: Evaluator, candidates: list[str], rank: str) -> list[tuple[st
 
 
 def _regression(result: FallbackResult) -> AccuracyRegression:
-    final = result.reports[-1]
+    final = result
     if result.all_fell_back or result.num_candidates == 0:
         msg = (f"top-1 drop is {final.drop_top1:.2f} points even with all {result.num_candidates} quantized layers "
                f"kept float (limit {result.max_drop}); the limit cannot be met on this data: "

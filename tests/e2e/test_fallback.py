@@ -75,7 +75,7 @@ def test_plain_int8_breaks_the_bound(setup, result):
 def test_fallback_meets_the_bound_with_few_layers(setup, result):
     assert result.passed and result.drop_top1 <= MAX_DROP
     assert CONV2 in result.fallback_layers and len(result.fallback_layers) <= 3
-    assert result.rounds == len(result.fallback_layers) and len(result.reports) == result.rounds + 1
+    assert result.rounds >= len(result.fallback_layers) and len(result.reports) == result.rounds + 1
     assert result.ranking[0][0] in result.fallback_layers and not result.all_fell_back
     assert result.num_candidates > 20  # every quantized node of ResNet-20 was a candidate
     # The written model really is within the bound, measured independently, and keeps them float.
