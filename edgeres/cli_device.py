@@ -63,7 +63,8 @@ def print_remote_bench(res: dict, console: Any) -> None:
 def profile_table(res: dict, top: int) -> tuple[Table, Table]:
     unit = "emulated ms" if res.get("emulated") else "ms"
     e2e = res["end_to_end_ms"]["median"]
-    t = Table(title=f"per-stage latency ({res.get('where', 'this machine')})")
+    variant = f", variant {res['variant']}" if res.get("variant") else ""
+    t = Table(title=f"per-stage latency ({res.get('where', 'this machine')}{variant})")
     for c in ("stage", unit, "share", "kernels"):
         t.add_column(c, justify="left" if c == "stage" else "right")
     total = res["kernels_ms"]

@@ -214,3 +214,29 @@ def test_variants_this_cpu_lacks_are_refused_not_run(portable_int8, make_images,
     monkeypatch.delenv(tv.CPUINFO_ENV)
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert f"# variant={tb.load(art).variant} " in out.stdout  # C++ and Python choose alike
+
+
+def test_profile_and_boards_use_the_variant_that_runs(portable_fp32, tmp_path, monkeypatch):
+    """`edgeres profile` on a portable bundle profiles the variant `run` picks (it profiled the x86-64-v2
+    baseline, 3.6x slower than what runs, on a Zen 4); a board gets the variant its reported flags run."""
+    from edgeres.backends.tvm.backend import TvmBackend
+    from edgeres.backends.tvm.rpc import TvmDevice
+    from edgeres.backends.tvm.runner import pick_variant
+
+    art = portable_fp32
+    here = tb.load(art).variant
+    res = TvmBackend().profile(art, repeats=3)
+    assert res["variant"] == here and res["operators"]
+    monkeypatch.setenv(tv.VARIANT_ENV, "x86-64-v2")
+    assert TvmBackend().profile(art, repeats=3)["variant"] == "x86-64-v2"
+    monkeypatch.delenv(tv.VARIANT_ENV)
+    assert pick_variant(art, None)[1] == "x86-64-v2"  # unknown CPU: the most portable one
+    assert pick_variant(art, CPUS["haswell"][0])[0].path.name == "model.x86-64-v3.so"
+
+    class Board(TvmDevice):  # what a board reports, without a connection
+        def __init__(self, flags, emulated=False):
+            self._features, self._info = list(flags), {"emulated": emulated, "arch": "x86_64"}
+
+    assert Board(CPUS["haswell"][0]).board_artifact(art).path.name == "model.x86-64-v3.so"
+    assert Board(CPUS["skylake-sp"][0]).board_artifact(art).path.name == "model.x86-64-v4.so"
+    assert Board(CPUS["haswell"][0], emulated=True).board_artifact(art).path.name == "model.so"

@@ -175,9 +175,15 @@ class TvmBackend(Backend):
         if arch and arch != tvm_cross.host_arch():
             raise UsageError(f"{art.path} is built for {arch}; profile it on the board with --device HOST:PORT "
                              "(a server started with edgeres serve-device)")
-        missing = tt.missing_host_features(art.info.get("tvm_target") or {})
-        if missing:
-            raise UsageError(f"{art.path} needs {', '.join(missing)}, which this CPU lacks; profile it on such a CPU")
+        # a portable artifact: the variant `run` and `bench` would pick here (or $EDGERES_TVM_VARIANT)
+        from edgeres.backends.tvm.variants import cpu_flags
+
+        art, variant = _runner.pick_variant(art, cpu_flags())
+        if variant is None:
+            missing = tt.missing_host_features(art.info.get("tvm_target") or {})
+            if missing:
+                raise UsageError(f"{art.path} needs {', '.join(missing)}, which this CPU lacks; profile it on such a CPU")
         threads = art.info.get("threads") or int(os.environ.get("TVM_NUM_THREADS") or 0) or (os.cpu_count() or 1)
-        return profile_library(str(art.path), art.input_shape, repeats=repeats,
-                               layout=str(art.info.get("layout") or "NHWC"), threads=threads)
+        res = profile_library(str(art.path), art.input_shape, repeats=repeats,
+                              layout=str(art.info.get("layout") or "NHWC"), threads=threads)
+        return {**res, "variant": variant} if variant else res

@@ -202,8 +202,21 @@ class TvmDevice(DeviceSession):
                 raise UsageError(f"{artifact.path} uses {', '.join(missing)}, which the CPU of {self.spec.label} "
                                  f"({info.get('cpu')}) lacks; {fix} (nothing was uploaded)")
 
+    def board_artifact(self, artifact: Artifact) -> Artifact:
+        """``artifact``, or for a portable one the variant the board's CPU runs (its flags as the board reports
+        them; the most portable variant when it does not, or under emulation)."""
+        if not artifact.info.get("variants"):
+            return artifact
+        from edgeres.backends.tvm.runner import pick_variant
+
+        info = self.describe()
+        flags = None if info.get("emulated") or not self._features else self._features
+        return pick_variant(artifact, flags)[0]
+
     def library(self, artifact: Artifact) -> tuple[Any, Any]:
-        """(remote module, remote device) for ``artifact``, uploaded once per session."""
+        """(remote module, remote device) for ``artifact`` (a portable one: the board's variant), uploaded once
+        per session."""
+        artifact = self.board_artifact(artifact)
         key = str(artifact.path)
         if key not in self._libs:
             self.check(artifact)

@@ -147,6 +147,21 @@ class TvmRunner:
         return run_all_in_chunks(self._run_all, x, self.input_shape[0])
 
 
+def pick_variant(art: Artifact, flags: Any, variant: str | None = None) -> tuple[Artifact, str | None]:
+    """(``art`` pointing at the variant library a CPU with ``flags`` runs, its name); a single-ISA artifact
+    unchanged (name None). ``variant`` (else ``$EDGERES_TVM_VARIANT``) forces one (refused when ``flags``
+    lack its instructions); ``flags=None`` (unknown CPU): the most portable variant."""
+    from edgeres.backends.tvm import variants as tv
+
+    if not art.info.get("variants"):
+        return art, None
+    forced = variant or os.environ.get(tv.VARIANT_ENV) or None
+    listed = [tv.Variant.from_dict(v) for v in art.info["variants"]]
+    chosen = tv.select(listed, flags, forced, what=str(art.path.parent))
+    return Artifact(art.backend, art.path.parent / chosen.file, art.precision, art.input_name, art.input_shape,
+                    art.files, art.compile_seconds, art.info), chosen.name
+
+
 def load(artifact_or_path: Artifact | str | os.PathLike, target: Any = None, *,
          threads: int | None = None, variant: str | None = None) -> Any:
     """A Runner for a compiled library (an Artifact, ``model.so``, or its directory).
@@ -165,13 +180,9 @@ def load(artifact_or_path: Artifact | str | os.PathLike, target: Any = None, *,
     if threads is None:
         threads = tt.parse_options(target, None).threads if target is not None else art.info.get("threads")
     arch = art.info.get("arch") or tvm_cross.elf_arch(art.path) or tvm_cross.host_arch()
-    forced = variant or os.environ.get(tv.VARIANT_ENV) or None
     if art.info.get("variants"):
-        listed = [tv.Variant.from_dict(v) for v in art.info["variants"]]
-        chosen = tv.select(listed, tv.cpu_flags(), forced, what=str(art.path.parent))
-        art = Artifact(art.backend, art.path.parent / chosen.file, art.precision, art.input_name, art.input_shape,
-                       art.files, art.compile_seconds, art.info)
-        return TvmRunner(art, threads, variant=chosen.name)
+        art, chosen = pick_variant(art, tv.cpu_flags(), variant)
+        return TvmRunner(art, threads, variant=chosen)
     if variant:
         raise UsageError(f"{art.path} is a single-ISA library (no variants); drop --variant, or compile for the "
                          "portable target x86-64")
