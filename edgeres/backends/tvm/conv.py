@@ -81,7 +81,8 @@ def _legalize_conv2d(bb: Any, call: Any, bf16: bool = False) -> Any:
             and tvm_bf16.supported(Target.current(allow_none=True)):
         packed = relax.const(tvm_bf16.pack_weights(weight.value.numpy()), "uint16")
         return bb.call_te(tvm_bf16.bf16_conv, data, packed, *conv_args, primfunc_name_hint=tvm_bf16.FUNC_NAME)
-    block, _ = tiles.float_tiles(Target.current(allow_none=True), k, c)
+    kh_, kw_ = static_shape(weight.ty)[:2]
+    block, _ = tiles.float_tiles(Target.current(allow_none=True), k, c, pointwise=kh_ * kw_ == 1)
     if isinstance(weight, ir.expr.Constant):  # packed here in numpy: FoldConstant would compile a kernel per shape
         w = weight.value.numpy()
         kh, kw = w.shape[:2]
@@ -123,7 +124,8 @@ def packed_conv(data: Any, wp: Any, strides: list[int], padding: list[int], dila
     pixels = oh * ow
     from tvm.target import Target
 
-    tile = tiles.pixel_tile(pixels, tiles.float_tiles(Target.current(allow_none=True), ko * block, c)[1])
+    tile = tiles.pixel_tile(pixels, tiles.float_tiles(Target.current(allow_none=True), ko * block, c,
+                                                      pointwise=kh * kw == 1)[1])
     padded = -(-pixels // tile) * tile
     ry = te.reduce_axis((0, kh), "ry")
     rx = te.reduce_axis((0, kw), "rx")
@@ -173,7 +175,7 @@ def schedule_packed(sch: Any, acc: Any, target: Any = None) -> None:
             raise ValueError("integer packed convolution on a target without a dot-product instruction")
         vec, rows = tiles.int8_tiles(kind, k)
     else:
-        vec, rows = tiles.float_tiles(target, k, red[2])
+        vec, rows = tiles.float_tiles(target, k, red[2], pointwise=red[0] * red[1] == 1)
     tile = tiles.pixel_tile(oh * ow, rows)
     if padded % tile:
         raise ValueError("pixel padding does not match the pixel tile")
