@@ -122,6 +122,7 @@ def test_register_tiles_follow_the_register_file():
     # 1x1 convolutions (a short reduction): one zmm per pixel, 14 accumulator chains
     assert tiles.float_tiles(avx512, 256, 64, pointwise=True) == (16, tiles.POINTWISE_FLOAT_TILES["avx512"][0][1])
     assert tiles.float_tiles(avx2, 256, 64, pointwise=True) == tiles.float_tiles(avx2, 256, 64)  # AVX2: as 3x3
+    assert tiles.int8_tiles("vnni", 256, pointwise=True)[0] == 16 and tiles.int8_tiles("vnni", 256)[0] == 32
     _, vm, _, bias, _ = _build(*CASES[0], target="x86-64")  # generic x86-64-v2 (SSE): still correct
     x = np.zeros((1, 16, 12, 12), "float32")
     r = np.ones((1, 32, 12, 12), "float32")

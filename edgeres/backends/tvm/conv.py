@@ -173,7 +173,7 @@ def schedule_packed(sch: Any, acc: Any, target: Any = None) -> None:
         kind = tvm_int8.int8_kind(target)
         if kind is None:
             raise ValueError("integer packed convolution on a target without a dot-product instruction")
-        vec, rows = tiles.int8_tiles(kind, k)
+        vec, rows = tiles.int8_tiles(kind, k, pointwise=red[0] * red[1] == 1)
     else:
         vec, rows = tiles.float_tiles(target, k, red[2], pointwise=red[0] * red[1] == 1)
     tile = tiles.pixel_tile(oh * ow, rows)

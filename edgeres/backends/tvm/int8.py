@@ -201,7 +201,7 @@ def int8_conv(data: Any, wp: Any, comp: Any, scale: Any, strides: list[int], pad
     oh = (h + pt + pb - (kh - 1) * dh - 1) // sh + 1
     ow = (w + pl + pr - (kw - 1) * dw - 1) // sw + 1
     pixels = oh * ow
-    tile = tiles.pixel_tile(pixels, tiles.int8_tiles(kind, ko * block)[1])
+    tile = tiles.pixel_tile(pixels, tiles.int8_tiles(kind, ko * block, pointwise=kh * kw == 1)[1])
     padded = -(-pixels // tile) * tile
     ry = te.reduce_axis((0, kh), "ry")
     rx = te.reduce_axis((0, kw), "rx")
