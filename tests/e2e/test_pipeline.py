@@ -164,7 +164,7 @@ def test_interrupted_compile_leaves_nothing(trained_r20, tmp_path, monkeypatch):
 def test_accuracy_regression_exits_1_and_fallback_repairs_it(fragile_r20, tmp_path, cli):
     """Plain min/max INT8 breaks the INT8-hostile model. Without fallback, compile writes the bundle
     with the failing report and exits 1, and validate exits 1; with fallback (the default when
-    --val is given) compile keeps the harmful layer in FP32 and meets --max-drop."""
+    --val is given) and --no-equalize compile keeps the harmful layer in FP32 and meets --max-drop."""
     common = ["--target", "onnxruntime-cpu", "--precision", "int8", "--calib", "builtin", "--num-calib", "128",
               "--method", "minmax", "--val", "builtin", "--val-limit", "300", "--max-drop", "1.0"]
     plain = tmp_path / "plain"
@@ -185,12 +185,13 @@ def test_accuracy_regression_exits_1_and_fallback_repairs_it(fragile_r20, tmp_pa
     r = cli("validate", plain, "--data", "builtin", "--limit", "300", "--max-drop", "100")
     assert r.returncode == 0
 
-    fixed = tmp_path / "fixed"
-    r = cli("compile", fragile_r20, *common, "--out", fixed)
+    fixed = tmp_path / "fixed"  # float layers only: equalization alone would repair this model (test_fallback.py)
+    r = cli("compile", fragile_r20, *common, "--no-equalize", "--out", fixed)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-2000:])
     m = json.loads((fixed / "manifest.json").read_text())
     fb = m["quantization"]["fallback"]
     assert fb["baseline_drop_top1"] > 1.0 and fb["drop_top1"] <= 1.0 and 1 <= len(fb["layers"]) <= 3
+    assert fb["equalization"] is None and m["quantization"]["equalize"] is False
     assert m["validation"]["passed"] is True
     # the self-test checks the artifact against the deployed model, not accuracy: both bundles pass it
     for bundle in (plain, fixed):
