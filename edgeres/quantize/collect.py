@@ -121,6 +121,12 @@ class Sample:
         return 0 if self.holdout is None else int(self.holdout.shape[0])
 
 
+def channel_means(v: np.ndarray) -> np.ndarray:
+    """Per image and channel (axis 1): the mean over every other axis, float64, shape (images, channels)."""
+    v = v.astype(np.float64)
+    return v.reshape(v.shape[0], v.shape[1], -1).mean(axis=2) if v.ndim > 2 else v
+
+
 def split_holdout(batches: Iterable[np.ndarray], sample: Sample) -> Iterator[np.ndarray]:
     """Yield the range images of ``batches``; keep the held-out and bias images in ``sample``.
 
@@ -186,8 +192,7 @@ def collect_stats(
     for index, chunk, values in iter_tensors(model, wanted, batches, max_chunk=max_chunk):
         if num_images < BIAS_IMAGES:  # split_holdout's bias images are the first range images
             for t in means_of:
-                v = values[t][: BIAS_IMAGES - num_images].astype(np.float64)
-                means[t].append(v.reshape(v.shape[0], v.shape[1], -1).mean(axis=2) if v.ndim > 2 else v)
+                means[t].append(channel_means(values[t][: BIAS_IMAGES - num_images]))
         num_images += chunk.shape[0]
         for name in names:
             value = values[name]

@@ -284,13 +284,12 @@ def _rank(cal, ev: Evaluator, candidates: list[str], rank: str) -> list[tuple[st
 
 
 def _regression(result: FallbackResult) -> AccuracyRegression:
-    final = result
     if result.all_fell_back or result.num_candidates == 0:
-        msg = (f"top-1 drop is {final.drop_top1:.2f} points even with all {result.num_candidates} quantized layers "
+        msg = (f"top-1 drop is {result.drop_top1:.2f} points even with all {result.num_candidates} quantized layers "
                f"kept float (limit {result.max_drop}); the limit cannot be met on this data: "
                "raise --max-drop or use --precision fp32")
     else:
-        msg = (f"top-1 drop is still {final.drop_top1:.2f} points after {result.rounds} fallback round(s) "
+        msg = (f"top-1 drop is still {result.drop_top1:.2f} points after {result.rounds} fallback round(s) "
                f"({len(result.fallback_layers)} of {result.num_candidates} layers float; limit {result.max_drop}); "
                "allow more rounds, a larger fallback step or a larger --max-drop")
     err = AccuracyRegression(msg)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from edgeres.quantize.collect import iter_tensors
+from edgeres.quantize.collect import channel_means, iter_tensors
 from edgeres.quantize.qdq import QuantPlan, activation_qparams, insert_qdq, plan_quantization, quantize_weight
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -145,8 +145,7 @@ def _image_means(model, outputs: Sequence[str], images: np.ndarray) -> dict[str,
     acc: dict[str, list[np.ndarray]] = {o: [] for o in outputs}
     for _, _, values in iter_tensors(model, list(dict.fromkeys(outputs)), [images]):
         for o in outputs:
-            v = values[o].astype(np.float64)
-            acc[o].append(v.reshape(v.shape[0], v.shape[1], -1).mean(axis=2) if v.ndim > 2 else v)
+            acc[o].append(channel_means(values[o]))
     return {o: np.concatenate(acc[o]) for o in outputs}
 
 

@@ -144,7 +144,12 @@ def finetune(loaded: Any, qat: QatOptions, *, form: str, reduce_range: bool, out
     from edgeres.training.qat_ranges import learned_ranges
 
     probe = next(iter(iter_batches(ds.subset(list(range(min(16, len(ds))))), 16)))[0]
-    ranges = learned_ranges(model, Path(out_onnx), probe, form)
-    log(f"QAT: {len(ranges)} activation ranges learned by the fake-quant modules kept")
+    try:
+        ranges = learned_ranges(model, Path(out_onnx), probe, form)
+        log(f"QAT: {len(ranges)} activation ranges learned by the fake-quant modules kept")
+    except Exception as e:  # noqa: BLE001 - matching is an improvement; never lose the fine-tune over it
+        ranges = {}
+        log(f"QAT: the learned activation ranges could not be matched to the ONNX model "
+            f"({str(e).splitlines()[0] if str(e) else type(e).__name__}); calibrating them with minmax instead")
     return QatResult(Path(out_onnx), qat.epochs, steps, len(ds), time.perf_counter() - t0, loss_value, ranges,
                      model.eval())
